@@ -1,0 +1,227 @@
+#include "secret_hash.h"
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/sha.h>
+#include <pthread.h>
+#include <semaphore.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "m2m/b64.h"
+#include "m2m/log.h"
+#include "m2m/rand.h"
+
+#define SALT_LEN 16
+#define DK_LEN 32
+#define CACHE_STRIPES 64
+#define CLIENT_ID_MAX 128
+
+typedef struct {
+    bool used;
+    char client_id[CLIENT_ID_MAX + 1];
+    uint8_t stored_digest[SHA256_DIGEST_LENGTH]; /* which stored hash this verified */
+    uint8_t tag[SHA256_DIGEST_LENGTH];           /* HMAC(pepper, id || 0 || secret) */
+} cache_slot;
+
+struct auth_secrets {
+    auth_secrets_params params;
+    uint8_t pepper[32];
+    sem_t kdf_slots;
+    cache_slot *slots;
+    pthread_mutex_t stripes[CACHE_STRIPES];
+};
+
+m2m_err auth_secrets_new(const auth_secrets_params *params, auth_secrets **out)
+{
+    m2m_err rc = M2M_OK;
+    auth_secrets *s = calloc(1, sizeof(*s));
+
+    *out = NULL;
+    if (!s)
+        return M2M_ERR_NOMEM;
+    s->params = *params;
+    rc = m2m_rand_bytes(s->pepper, sizeof(s->pepper));
+    if (rc)
+        goto fail;
+    if (sem_init(&s->kdf_slots, 0, (unsigned)(params->concurrency > 0 ? params->concurrency : 1))) {
+        rc = M2M_ERR_INTERNAL;
+        goto fail;
+    }
+    if (params->cache_slots) {
+        s->slots = calloc(params->cache_slots, sizeof(cache_slot));
+        if (!s->slots) {
+            sem_destroy(&s->kdf_slots);
+            rc = M2M_ERR_NOMEM;
+            goto fail;
+        }
+    }
+    for (int i = 0; i < CACHE_STRIPES; i++)
+        pthread_mutex_init(&s->stripes[i], NULL);
+    *out = s;
+    return M2M_OK;
+fail:
+    free(s);
+    return rc;
+}
+
+void auth_secrets_free(auth_secrets *s)
+{
+    if (!s)
+        return;
+    for (int i = 0; i < CACHE_STRIPES; i++)
+        pthread_mutex_destroy(&s->stripes[i]);
+    sem_destroy(&s->kdf_slots);
+    if (s->slots)
+        OPENSSL_cleanse(s->slots, s->params.cache_slots * sizeof(cache_slot));
+    free(s->slots);
+    OPENSSL_cleanse(s->pepper, sizeof(s->pepper));
+    free(s);
+}
+
+static m2m_err scrypt(auth_secrets *s, const char *secret, size_t len, const uint8_t *salt,
+                      size_t saltlen, int log_n, int r, int p, uint8_t *dk)
+{
+    uint64_t n = (uint64_t)1 << log_n;
+    /* V is 128*r*N bytes; allow it plus headroom (OpenSSL's default cap is 32 MiB). */
+    uint64_t maxmem = 128ULL * (uint64_t)r * (n + (uint64_t)p + 2) + (1ULL << 20);
+    int ok;
+
+    /* Bound concurrent scrypt runs: each takes 128*r*N bytes. */
+    while (sem_wait(&s->kdf_slots) != 0)
+        ;
+    ok = EVP_PBE_scrypt(secret, len, salt, saltlen, n, (uint64_t)r, (uint64_t)p, maxmem, dk,
+                        DK_LEN);
+    sem_post(&s->kdf_slots);
+    return ok == 1 ? M2M_OK : M2M_ERR_CRYPTO;
+}
+
+m2m_err auth_secret_hash(auth_secrets *s, const char *secret, size_t len, char *out,
+                         size_t outcap)
+{
+    uint8_t salt[SALT_LEN], dk[DK_LEN];
+    char salt64[M2M_B64URL_LEN(SALT_LEN) + 1], dk64[M2M_B64URL_LEN(DK_LEN) + 1];
+    m2m_err rc;
+    const auth_secrets_params *pp = &s->params;
+
+    rc = m2m_rand_bytes(salt, sizeof(salt));
+    if (rc)
+        goto out;
+    rc = scrypt(s, secret, len, salt, sizeof(salt), pp->log_n, pp->r, pp->p, dk);
+    if (rc)
+        goto out;
+    rc = m2m_b64url_encode(salt, sizeof(salt), salt64, sizeof(salt64), NULL);
+    if (rc)
+        goto out;
+    rc = m2m_b64url_encode(dk, sizeof(dk), dk64, sizeof(dk64), NULL);
+    if (rc)
+        goto out;
+    int n = snprintf(out, outcap, "$scrypt$ln=%d,r=%d,p=%d$%s$%s", pp->log_n, pp->r, pp->p,
+                     salt64, dk64);
+    if (n < 0 || (size_t)n >= outcap)
+        rc = M2M_ERR_INTERNAL;
+out:
+    OPENSSL_cleanse(dk, sizeof(dk));
+    return rc;
+}
+
+/* Parses "$scrypt$ln=L,r=R,p=P$salt$hash". */
+static m2m_err parse_stored(const char *stored, int *log_n, int *r, int *p, uint8_t *salt,
+                            size_t *saltlen, uint8_t *dk)
+{
+    char salt64[64], dk64[64];
+    size_t dklen = 0;
+
+    if (sscanf(stored, "$scrypt$ln=%d,r=%d,p=%d$%63[A-Za-z0-9_-]$%63[A-Za-z0-9_-]", log_n, r, p,
+               salt64, dk64) != 5)
+        return M2M_ERR_INTERNAL;
+    if (*log_n < 1 || *log_n > 24 || *r < 1 || *r > 32 || *p < 1 || *p > 32)
+        return M2M_ERR_INTERNAL;
+    if (m2m_b64url_decode(salt64, strlen(salt64), salt, 32, saltlen) ||
+        m2m_b64url_decode(dk64, strlen(dk64), dk, DK_LEN, &dklen) || dklen != DK_LEN)
+        return M2M_ERR_INTERNAL;
+    return M2M_OK;
+}
+
+static void cache_tag(const auth_secrets *s, const char *client_id, const char *secret,
+                      size_t len, uint8_t *tag)
+{
+    unsigned int taglen = 0;
+    size_t idlen = strlen(client_id);
+    uint8_t msg[CLIENT_ID_MAX + 1 + AUTH_SECRET_MAX];
+
+    memcpy(msg, client_id, idlen);
+    msg[idlen] = 0;
+    memcpy(msg + idlen + 1, secret, len);
+    HMAC(EVP_sha256(), s->pepper, sizeof(s->pepper), msg, idlen + 1 + len, tag, &taglen);
+    OPENSSL_cleanse(msg, sizeof(msg));
+}
+
+static size_t slot_index(const auth_secrets *s, const char *client_id)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (const char *p = client_id; *p; p++)
+        h = (h ^ (uint8_t)*p) * 1099511628211ULL;
+    return (size_t)(h % s->params.cache_slots);
+}
+
+m2m_err auth_secret_verify(auth_secrets *s, const char *client_id, const char *stored,
+                           const char *secret, size_t len)
+{
+    uint8_t stored_digest[SHA256_DIGEST_LENGTH], tag[SHA256_DIGEST_LENGTH];
+    uint8_t salt[32], want[DK_LEN], got[DK_LEN];
+    size_t saltlen = 0;
+    int log_n, r, p;
+    m2m_err rc = M2M_OK;
+    bool cacheable = s->slots && strlen(client_id) <= CLIENT_ID_MAX && len <= AUTH_SECRET_MAX;
+
+    if (cacheable) {
+        SHA256((const uint8_t *)stored, strlen(stored), stored_digest);
+        cache_tag(s, client_id, secret, len, tag);
+        size_t i = slot_index(s, client_id);
+        pthread_mutex_t *lock = &s->stripes[i % CACHE_STRIPES];
+        pthread_mutex_lock(lock);
+        cache_slot *slot = &s->slots[i];
+        bool hit = slot->used && strcmp(slot->client_id, client_id) == 0 &&
+                   memcmp(slot->stored_digest, stored_digest, sizeof(stored_digest)) == 0;
+        bool match = hit && CRYPTO_memcmp(slot->tag, tag, sizeof(tag)) == 0;
+        pthread_mutex_unlock(lock);
+        /* A hit knows the right secret for this stored hash: a different
+         * presented secret is wrong without running scrypt again. */
+        if (hit) {
+            rc = match ? M2M_OK : M2M_ERR_INVALID_CLIENT;
+            goto out;
+        }
+    }
+    rc = parse_stored(stored, &log_n, &r, &p, salt, &saltlen, want);
+    if (rc) {
+        M2M_ERROR("secret_hash_unreadable", "stored secret hash of a client is not understood");
+        goto out;
+    }
+    rc = scrypt(s, secret, len, salt, saltlen, log_n, r, p, got);
+    if (rc)
+        goto out;
+    if (CRYPTO_memcmp(want, got, sizeof(got)) != 0) {
+        rc = M2M_ERR_INVALID_CLIENT;
+        goto out;
+    }
+    if (cacheable) {
+        size_t i = slot_index(s, client_id);
+        pthread_mutex_t *lock = &s->stripes[i % CACHE_STRIPES];
+        pthread_mutex_lock(lock);
+        cache_slot *slot = &s->slots[i];
+        slot->used = true;
+        snprintf(slot->client_id, sizeof(slot->client_id), "%s", client_id);
+        memcpy(slot->stored_digest, stored_digest, sizeof(stored_digest));
+        memcpy(slot->tag, tag, sizeof(tag));
+        pthread_mutex_unlock(lock);
+    }
+out:
+    OPENSSL_cleanse(got, sizeof(got));
+    OPENSSL_cleanse(tag, sizeof(tag));
+    return rc;
+}

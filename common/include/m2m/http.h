@@ -1,0 +1,75 @@
+/* HTTP server scaffolding over libmicrohttpd: a route table, capped bodies,
+ * timeouts and connection limits, request ids, JSON replies from the error
+ * table, an access log line and metrics for every request.
+ *
+ * A handler runs once the whole body is in memory (or refused with 413) and
+ * must queue exactly one reply with one of the m2m_reply_* functions. */
+#ifndef M2M_HTTP_H
+#define M2M_HTTP_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include "m2m/err.h"
+#include "m2m/metrics.h"
+
+typedef struct m2m_req m2m_req;
+typedef struct m2m_http_server m2m_http_server;
+typedef void (*m2m_handler)(m2m_req *req, void *ctx);
+
+/* Path patterns: literal segments and "*" matching one non-empty segment,
+ * e.g. "/api/currency/ *" (no space). Captures are read with m2m_req_param(). */
+typedef struct {
+    const char *method;
+    const char *pattern;
+    m2m_handler fn;
+    size_t max_body; /* 0 = server default */
+} m2m_route;
+
+typedef struct {
+    const char *service;   /* for logs and the Server header */
+    const char *bind_addr; /* "127.0.0.1" */
+    unsigned port;         /* 0 = pick a free port (see m2m_http_server_port) */
+    unsigned threads;      /* MHD thread pool size */
+    unsigned conn_timeout; /* seconds of inactivity before a connection is closed */
+    unsigned max_conns;
+    unsigned per_ip_limit;   /* 0 = unlimited (behind nginx every peer is 127.0.0.1) */
+    size_t max_body;         /* default body cap */
+    m2m_metrics *metrics;    /* may be NULL */
+    bool access_log;         /* one JSON line per request */
+    const m2m_route *routes;
+    size_t nroutes;
+    void *ctx; /* passed to handlers */
+} m2m_http_cfg;
+
+m2m_err m2m_http_server_start(const m2m_http_cfg *cfg, m2m_http_server **out);
+unsigned m2m_http_server_port(const m2m_http_server *s);
+/* Stops accepting, waits for in-flight handlers, frees. NULL is fine. */
+void m2m_http_server_stop(m2m_http_server *s);
+
+/* Request accessors; strings live as long as the request. */
+const char *m2m_req_method(const m2m_req *r);
+const char *m2m_req_path(const m2m_req *r);
+const char *m2m_req_header(const m2m_req *r, const char *name);
+const char *m2m_req_query(const m2m_req *r, const char *name);
+const char *m2m_req_body(const m2m_req *r, size_t *len);
+const char *m2m_req_id(const m2m_req *r);
+/* n-th "*" capture of the route pattern (0-based), NULL if none. */
+const char *m2m_req_param(const m2m_req *r, unsigned n);
+/* The media type of Content-Type, lower-cased, without parameters ("" if none). */
+const char *m2m_req_content_type(const m2m_req *r);
+
+/* Adds a header to the reply about to be queued (copied; up to 8). */
+void m2m_reply_header(m2m_req *r, const char *name, const char *value);
+/* Replies with a JSON value (consumed). */
+void m2m_reply_json(m2m_req *r, int status, json_t *body);
+/* Replies {"error": code, "error_description": desc or the table's text}
+ * with the table's status. Extra members may be given in `extra` (consumed). */
+void m2m_reply_error(m2m_req *r, m2m_err e, const char *desc);
+void m2m_reply_error_extra(m2m_req *r, m2m_err e, const char *desc, json_t *extra);
+/* Replies with raw bytes (copied). */
+void m2m_reply_raw(m2m_req *r, int status, const char *content_type, const char *data,
+                   size_t len);
+
+#endif
