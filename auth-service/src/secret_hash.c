@@ -2,7 +2,8 @@
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
+#include <openssl/core_names.h>
+#include <openssl/params.h>
 #include <openssl/sha.h>
 #include <pthread.h>
 #include <semaphore.h>
@@ -31,10 +32,30 @@ typedef struct {
 struct auth_secrets {
     auth_secrets_params params;
     uint8_t pepper[32];
+    EVP_MAC_CTX *tag_tmpl; /* HMAC-SHA256 keyed with the pepper, copied per use */
+    EVP_MD *sha256;        /* fetched once */
     sem_t kdf_slots;
     cache_slot *slots;
     pthread_mutex_t stripes[CACHE_STRIPES];
 };
+
+/* One keyed HMAC context made at start: the per-request tag then costs a
+ * context copy and the hash, with no algorithm fetch (global locks in
+ * OpenSSL 3). */
+static m2m_err tag_init(auth_secrets *s)
+{
+    EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string("digest", (char *)"SHA256", 0),
+                           OSSL_PARAM_construct_end()};
+    m2m_err rc = M2M_ERR_CRYPTO;
+
+    s->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+    s->tag_tmpl = mac && s->sha256 ? EVP_MAC_CTX_new(mac) : NULL;
+    if (s->tag_tmpl && EVP_MAC_init(s->tag_tmpl, s->pepper, sizeof(s->pepper), params) == 1)
+        rc = M2M_OK;
+    EVP_MAC_free(mac);
+    return rc;
+}
 
 m2m_err auth_secrets_new(const auth_secrets_params *params, auth_secrets **out)
 {
@@ -46,6 +67,9 @@ m2m_err auth_secrets_new(const auth_secrets_params *params, auth_secrets **out)
         return M2M_ERR_NOMEM;
     s->params = *params;
     rc = m2m_rand_bytes(s->pepper, sizeof(s->pepper));
+    if (rc)
+        goto fail;
+    rc = tag_init(s);
     if (rc)
         goto fail;
     if (sem_init(&s->kdf_slots, 0, (unsigned)(params->concurrency > 0 ? params->concurrency : 1))) {
@@ -65,6 +89,8 @@ m2m_err auth_secrets_new(const auth_secrets_params *params, auth_secrets **out)
     *out = s;
     return M2M_OK;
 fail:
+    EVP_MAC_CTX_free(s->tag_tmpl);
+    EVP_MD_free(s->sha256);
     free(s);
     return rc;
 }
@@ -76,6 +102,8 @@ void auth_secrets_free(auth_secrets *s)
     for (int i = 0; i < CACHE_STRIPES; i++)
         pthread_mutex_destroy(&s->stripes[i]);
     sem_destroy(&s->kdf_slots);
+    EVP_MAC_CTX_free(s->tag_tmpl);
+    EVP_MD_free(s->sha256);
     if (s->slots)
         OPENSSL_cleanse(s->slots, s->params.cache_slots * sizeof(cache_slot));
     free(s->slots);
@@ -147,18 +175,19 @@ static m2m_err parse_stored(const char *stored, int *log_n, int *r, int *p, uint
     return M2M_OK;
 }
 
-static void cache_tag(const auth_secrets *s, const char *client_id, const char *secret,
-                      size_t len, uint8_t *tag)
+static m2m_err cache_tag(const auth_secrets *s, const char *client_id, const char *secret,
+                         size_t len, uint8_t *tag)
 {
-    unsigned int taglen = 0;
-    size_t idlen = strlen(client_id);
-    uint8_t msg[CLIENT_ID_MAX + 1 + AUTH_SECRET_MAX];
-
-    memcpy(msg, client_id, idlen);
-    msg[idlen] = 0;
-    memcpy(msg + idlen + 1, secret, len);
-    HMAC(EVP_sha256(), s->pepper, sizeof(s->pepper), msg, idlen + 1 + len, tag, &taglen);
-    OPENSSL_cleanse(msg, sizeof(msg));
+    static const uint8_t zero = 0;
+    size_t taglen = 0;
+    EVP_MAC_CTX *m = EVP_MAC_CTX_dup(s->tag_tmpl);
+    int ok = m && EVP_MAC_update(m, (const uint8_t *)client_id, strlen(client_id)) == 1 &&
+             EVP_MAC_update(m, &zero, 1) == 1 &&
+             EVP_MAC_update(m, (const uint8_t *)secret, len) == 1 &&
+             EVP_MAC_final(m, tag, &taglen, SHA256_DIGEST_LENGTH) == 1 &&
+             taglen == SHA256_DIGEST_LENGTH;
+    EVP_MAC_CTX_free(m);
+    return ok ? M2M_OK : M2M_ERR_CRYPTO;
 }
 
 static size_t slot_index(const auth_secrets *s, const char *client_id)
@@ -180,8 +209,11 @@ m2m_err auth_secret_verify(auth_secrets *s, const char *client_id, const char *s
     bool cacheable = s->slots && strlen(client_id) <= CLIENT_ID_MAX && len <= AUTH_SECRET_MAX;
 
     if (cacheable) {
-        SHA256((const uint8_t *)stored, strlen(stored), stored_digest);
-        cache_tag(s, client_id, secret, len, tag);
+        if (EVP_Digest(stored, strlen(stored), stored_digest, NULL, s->sha256, NULL) != 1 ||
+            cache_tag(s, client_id, secret, len, tag) != M2M_OK)
+            cacheable = false; /* fall back to scrypt; correctness over speed */
+    }
+    if (cacheable) {
         size_t i = slot_index(s, client_id);
         pthread_mutex_t *lock = &s->stripes[i % CACHE_STRIPES];
         pthread_mutex_lock(lock);

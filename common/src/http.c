@@ -433,7 +433,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     int status = r->replied ? r->status : 499; /* client went away before a reply */
     if (srv->cfg.metrics)
         m2m_metrics_observe(srv->cfg.metrics, r->metric, status, secs);
-    bool log_it = srv->cfg.access_log || status >= 500 ||
+    bool log_it = srv->cfg.access_log || status >= 400 ||
                   toe != MHD_REQUEST_TERMINATED_COMPLETED_OK;
     if (log_it && m2m_log_enabled(M2M_LOG_INFO)) {
         m2m_log_set_request_id(r->id);

@@ -156,6 +156,20 @@ static m2m_err key_wrap(EVP_PKEY **pkey, bool has_private, const char *kid, m2m_
     k->has_private = has_private;
     k->pkey = *pkey;
     *pkey = NULL;
+    k->verify_tmpl = EVP_MD_CTX_new();
+    if (!k->verify_tmpl ||
+        EVP_DigestVerifyInit(k->verify_tmpl, NULL, EVP_sha256(), NULL, k->pkey) != 1) {
+        rc = M2M_ERR_CRYPTO;
+        goto out;
+    }
+    if (has_private) {
+        k->sign_tmpl = EVP_MD_CTX_new();
+        if (!k->sign_tmpl ||
+            EVP_DigestSignInit(k->sign_tmpl, NULL, EVP_sha256(), NULL, k->pkey) != 1) {
+            rc = M2M_ERR_CRYPTO;
+            goto out;
+        }
+    }
     *out = k;
     k = NULL;
     rc = M2M_OK;
@@ -380,6 +394,8 @@ void m2m_key_free(m2m_key *k)
 {
     if (!k)
         return;
+    EVP_MD_CTX_free(k->sign_tmpl);
+    EVP_MD_CTX_free(k->verify_tmpl);
     EVP_PKEY_free(k->pkey);
     free(k);
 }
@@ -471,7 +487,7 @@ m2m_err m2m_jwt_sign(const m2m_key *key, const char *typ, const json_t *claims, 
 
     rc = M2M_ERR_CRYPTO;
     md = EVP_MD_CTX_new();
-    if (!md || EVP_DigestSignInit(md, NULL, EVP_sha256(), NULL, key->pkey) != 1 ||
+    if (!md || EVP_MD_CTX_copy_ex(md, key->sign_tmpl) != 1 ||
         EVP_DigestSign(md, der, &der_len, (const uint8_t *)tok, pos) != 1)
         goto out;
     rc = sig_der_to_raw(der, der_len, raw);
@@ -593,7 +609,7 @@ static const m2m_key *find_key(const m2m_keyset *ks, const char *kid)
 }
 
 /* JWS raw r||s back to DER for EVP. */
-static bool sig_verify(EVP_PKEY *pkey, const char *input, size_t n, const uint8_t raw[SIG_LEN])
+static bool sig_verify(const m2m_key *key, const char *input, size_t n, const uint8_t raw[SIG_LEN])
 {
     uint8_t der[SIG_DER_MAX];
     unsigned char *p = der;
@@ -613,7 +629,7 @@ static bool sig_verify(EVP_PKEY *pkey, const char *input, size_t n, const uint8_
     if (dlen <= 0 || (size_t)dlen > sizeof der || i2d_ECDSA_SIG(sig, &p) != dlen)
         goto out;
     md = EVP_MD_CTX_new();
-    if (!md || EVP_DigestVerifyInit(md, NULL, EVP_sha256(), NULL, pkey) != 1)
+    if (!md || EVP_MD_CTX_copy_ex(md, key->verify_tmpl) != 1)
         goto out;
     ok = EVP_DigestVerify(md, der, (size_t)dlen, (const uint8_t *)input, n) == 1;
 out:
@@ -760,7 +776,7 @@ m2m_err m2m_jwt_verify(const char *token, size_t len, const m2m_keyset *ks,
         goto out;
     }
     /* The signing input is the text up to the second dot, as received. */
-    if (!sig_verify(key->pkey, token, d2, raw)) {
+    if (!sig_verify(key, token, d2, raw)) {
         reason = "bad signature";
         goto out;
     }

@@ -37,7 +37,7 @@ typedef struct {
     unsigned per_ip_limit;   /* 0 = unlimited (behind nginx every peer is 127.0.0.1) */
     size_t max_body;         /* default body cap */
     m2m_metrics *metrics;    /* may be NULL */
-    bool access_log;         /* one JSON line per request */
+    bool access_log;         /* one JSON line per request (else only 4xx, 5xx, aborted) */
     const m2m_route *routes;
     size_t nroutes;
     void *ctx; /* passed to handlers */

@@ -20,6 +20,11 @@ typedef struct {
     char kid[M2M_KID_MAX]; /* RFC 7638 thumbprint, base64url */
     EVP_PKEY *pkey;        /* P-256 */
     bool has_private;
+    /* Digest contexts initialised once per key and copied per operation:
+     * OpenSSL 3's DigestSign/VerifyInit fetches algorithms under global
+     * locks, which showed in the token endpoint's profile. */
+    EVP_MD_CTX *sign_tmpl;   /* NULL without a private key */
+    EVP_MD_CTX *verify_tmpl;
 } m2m_key;
 
 m2m_err m2m_key_generate(m2m_key **out);
