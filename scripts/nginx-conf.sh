@@ -84,6 +84,7 @@ if ((limit)); then sections+=(+limit); else sections+=(-limit); fi
 if [[ -n "$agent" ]]; then sections+=(+agent); else sections+=(-agent); fi
 if [[ -n "$static" ]]; then sections+=(+static -nostatic); else sections+=(-static +nostatic); fi
 
+cp "$M2M_ROOT/nginx/json-errors.conf" "$out/json-errors.conf"
 m2m_render "$M2M_ROOT/nginx/m2m.conf.template" "$out/nginx.conf" \
     OUT="$out" LISTEN="$listen" AUTH="$auth" CURRENCY="$currency" \
     AGENT_LISTEN="$agent_listen" AGENT="$agent" STATIC="$static" \

@@ -141,7 +141,8 @@ static m2m_err list_keys(const char *dir, char ***names, size_t *count)
         n++;
     }
     closedir(d);
-    qsort(v, n, sizeof(*v), name_cmp);
+    if (n > 1) /* qsort(NULL, 0, ...) is undefined */
+        qsort(v, n, sizeof(*v), name_cmp);
     *names = v;
     *count = n;
     return M2M_OK;

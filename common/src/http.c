@@ -455,6 +455,29 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     *con_cls = NULL;
 }
 
+/* Percent-decodes the path and query in place like MHD's default, except
+ * that %00 is left encoded: a decoded NUL would end the C string early and
+ * "/api/auth/jwks.json%00junk" would be served as "/api/auth/jwks.json".
+ * Left as text, such a path matches no route (404). */
+static size_t on_unescape(void *cls, struct MHD_Connection *conn, char *s)
+{
+    char *w = s;
+    (void)cls;
+    (void)conn;
+    for (const char *r = s; *r;) {
+        if (r[0] == '%' && isxdigit((unsigned char)r[1]) && isxdigit((unsigned char)r[2]) &&
+            !(r[1] == '0' && r[2] == '0')) {
+            char hex[3] = {r[1], r[2], '\0'};
+            *w++ = (char)strtol(hex, NULL, 16);
+            r += 3;
+        } else {
+            *w++ = *r++;
+        }
+    }
+    *w = '\0';
+    return (size_t)(w - s);
+}
+
 static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 {
     char msg[512];
@@ -510,6 +533,7 @@ m2m_err m2m_http_server_start(const m2m_http_cfg *cfg, m2m_http_server **out)
         {MHD_OPTION_CONNECTION_LIMIT, (intptr_t)(cfg->max_conns ? cfg->max_conns : 1024), NULL},
         {MHD_OPTION_PER_IP_CONNECTION_LIMIT, (intptr_t)cfg->per_ip_limit, NULL},
         {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, s},
+        {MHD_OPTION_UNESCAPE_CALLBACK, (intptr_t)on_unescape, NULL},
         {cfg->threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END,
          (intptr_t)cfg->threads, NULL},
         {MHD_OPTION_END, 0, NULL},
