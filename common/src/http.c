@@ -43,6 +43,7 @@ struct m2m_req {
     bool method_mismatch;
     bool too_large;
     bool bad_length;
+    bool no_host; /* HTTP/1.1 without Host: RFC 9112 §3.2 says 400 */
     size_t max_body;
     m2m_buf body;
     char *params[HTTP_MAX_PARAMS];
@@ -352,7 +353,9 @@ static enum MHD_Result req_queue(m2m_req *r)
 static void req_dispatch(m2m_req *r)
 {
     m2m_log_set_request_id(r->id);
-    if (r->bad_length) {
+    if (r->no_host) {
+        m2m_reply_error(r, M2M_ERR_INVALID_REQUEST, "missing Host header");
+    } else if (r->bad_length) {
         m2m_reply_error(r, M2M_ERR_INVALID_REQUEST, "invalid Content-Length");
     } else if (r->too_large) {
         char desc[96];
@@ -380,7 +383,6 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 {
     m2m_http_server *srv = cls;
     m2m_req *r = *con_cls;
-    (void)version;
 
     if (!r) {
         /* First call: headers only. Never queue here (design.md §7: doing so
@@ -400,6 +402,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         r->max_body = (r->route && r->route->max_body) ? r->route->max_body : srv->cfg.max_body;
         m2m_buf_init(&r->body, r->max_body);
         req_check_length(r);
+        r->no_host = strcmp(version, MHD_HTTP_VERSION_1_1) == 0 && !m2m_req_header(r, "Host");
         *con_cls = r;
         return MHD_YES;
     }
