@@ -52,6 +52,9 @@ m2m_err auth_scope_normalize(const char *in, char *out, size_t outcap)
         }
         p += n;
     }
+    /* Spaces only: RFC 6749 §3.3 has no empty scope-token. */
+    if (used == 0 && *in)
+        return M2M_ERR_INVALID_SCOPE;
     return M2M_OK;
 }
 

@@ -158,19 +158,46 @@ out:
 }
 
 /* Parses "$scrypt$ln=L,r=R,p=P$salt$hash". */
+/* Reads "<prefix><1-2 digit number>" and advances; false if absent. */
+static bool take_param(const char **s, const char *prefix, int lo, int hi, int *out)
+{
+    size_t n = strlen(prefix);
+    int v = 0, digits = 0;
+
+    if (strncmp(*s, prefix, n) != 0)
+        return false;
+    const char *p = *s + n;
+    while (*p >= '0' && *p <= '9' && digits < 3) {
+        v = v * 10 + (*p++ - '0');
+        digits++;
+    }
+    if (digits == 0 || digits > 2 || v < lo || v > hi)
+        return false;
+    *s = p;
+    *out = v;
+    return true;
+}
+
+/* Parses exactly "$scrypt$ln=L,r=R,p=P$<salt>$<hash>" with bounded
+ * parameters: a hash from a dump or a bug must never make us allocate
+ * gigabytes or accept trailing junk. */
 static m2m_err parse_stored(const char *stored, int *log_n, int *r, int *p, uint8_t *salt,
                             size_t *saltlen, uint8_t *dk)
 {
-    char salt64[64], dk64[64];
+    const char *s = stored;
     size_t dklen = 0;
 
-    if (sscanf(stored, "$scrypt$ln=%d,r=%d,p=%d$%63[A-Za-z0-9_-]$%63[A-Za-z0-9_-]", log_n, r, p,
-               salt64, dk64) != 5)
+    if (!take_param(&s, "$scrypt$ln=", 10, 20, log_n) || !take_param(&s, ",r=", 1, 16, r) ||
+        !take_param(&s, ",p=", 1, 16, p) || *s++ != '$')
         return M2M_ERR_INTERNAL;
-    if (*log_n < 1 || *log_n > 24 || *r < 1 || *r > 32 || *p < 1 || *p > 32)
+    /* scrypt requires N < 2^(16 r) */
+    if (*log_n >= 16 * *r)
         return M2M_ERR_INTERNAL;
-    if (m2m_b64url_decode(salt64, strlen(salt64), salt, 32, saltlen) ||
-        m2m_b64url_decode(dk64, strlen(dk64), dk, DK_LEN, &dklen) || dklen != DK_LEN)
+    const char *dollar = strchr(s, '$');
+    if (!dollar || dollar == s)
+        return M2M_ERR_INTERNAL;
+    if (m2m_b64url_decode(s, (size_t)(dollar - s), salt, 32, saltlen) ||
+        m2m_b64url_decode(dollar + 1, strlen(dollar + 1), dk, DK_LEN, &dklen) || dklen != DK_LEN)
         return M2M_ERR_INTERNAL;
     return M2M_OK;
 }
@@ -235,8 +262,10 @@ m2m_err auth_secret_verify(auth_secrets *s, const char *client_id, const char *s
         goto out;
     }
     rc = scrypt(s, secret, len, salt, saltlen, log_n, r, p, got);
-    if (rc)
+    if (rc) {
+        rc = M2M_ERR_INTERNAL;
         goto out;
+    }
     if (CRYPTO_memcmp(want, got, sizeof(got)) != 0) {
         rc = M2M_ERR_INVALID_CLIENT;
         goto out;
