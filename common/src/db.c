@@ -143,6 +143,8 @@ static m2m_err map_failure(db_thread *t, const PGresult *res)
 
     if (PQstatus(t->conn) != CONNECTION_OK || !state)
         return M2M_ERR_DB_UNAVAILABLE;
+    if (strcmp(state, "08P01") == 0) /* protocol violation: our bug, not a lost server */
+        return M2M_ERR_INTERNAL;
     if (strcmp(state, "23505") == 0)
         return M2M_ERR_CONFLICT;
     if (strncmp(state, "08", 2) == 0 || strncmp(state, "57P", 3) == 0 ||
@@ -190,7 +192,13 @@ m2m_err m2m_db_query(m2m_db *db, const char *sql, int nparams, const char *const
     }
     if (rc == M2M_ERR_INTERNAL || rc == M2M_ERR_INVALID_REQUEST) {
         char msg[256];
-        snprintf(msg, sizeof(msg), "%s", PQresultErrorMessage(r));
+        const char *st = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+        /* Data exceptions quote the offending input (a parameter, maybe a
+         * secret): log the class, not the message. */
+        if (st && strncmp(st, "22", 2) == 0)
+            snprintf(msg, sizeof(msg), "invalid input (SQLSTATE %s)", st);
+        else
+            snprintf(msg, sizeof(msg), "%s", PQresultErrorMessage(r));
         msg[strcspn(msg, "\n")] = '\0';
         /* Only the statement's text and the server's message: never the parameters. */
         m2m_log_event(M2M_LOG_ERROR, "db_query_failed",
@@ -244,6 +252,14 @@ static m2m_err simple_exec(db_thread *t, const char *sql, const char *what)
     return rc;
 }
 
+static bool version_recorded(const PGresult *applied, int version)
+{
+    for (int i = 0; i < PQntuples(applied); i++)
+        if (atoi(PQgetvalue(applied, i, 0)) == version)
+            return true;
+    return false;
+}
+
 m2m_err m2m_db_migrate(m2m_db *db, const char *schema, const m2m_migration *list, size_t n)
 {
     m2m_err rc = M2M_OK;
@@ -252,7 +268,7 @@ m2m_err m2m_db_migrate(m2m_db *db, const char *schema, const m2m_migration *list
     char sql[512], lockname[96];
     const char *lp[1] = {lockname};
     bool locked = false;
-    int current = 0;
+    PGresult *applied = NULL;
 
     if (!ident_ok(schema))
         return M2M_ERR_CONFIG;
@@ -297,19 +313,19 @@ m2m_err m2m_db_migrate(m2m_db *db, const char *schema, const m2m_migration *list
     rc = simple_exec(t, sql, "schema_migrations");
     if (rc)
         goto out;
-    snprintf(sql, sizeof(sql), "SELECT coalesce(max(version), 0) FROM %s.schema_migrations",
-             schema);
+    /* A migration is skipped when its own version is recorded, not when a
+     * higher one is: a branch merged late, or a stray row, cannot hide one. */
+    snprintf(sql, sizeof(sql), "SELECT version FROM %s.schema_migrations", schema);
     r = PQexec(t->conn, sql);
-    if (!result_ok(r) || PQntuples(r) != 1) {
+    if (!result_ok(r)) {
         rc = map_failure(t, r);
         goto out;
     }
-    current = atoi(PQgetvalue(r, 0, 0));
-    PQclear(r);
+    applied = r;
     r = NULL;
 
     for (size_t i = 0; i < n; i++) {
-        if (list[i].version <= current)
+        if (version_recorded(applied, list[i].version))
             continue;
         rc = simple_exec(t, "BEGIN", "begin");
         if (rc)
@@ -338,6 +354,7 @@ m2m_err m2m_db_migrate(m2m_db *db, const char *schema, const m2m_migration *list
     }
 out:
     PQclear(r);
+    PQclear(applied);
     if (locked) {
         r = PQexecParams(t->conn, "SELECT pg_advisory_unlock(hashtext($1))", 1, NULL, lp, NULL,
                          NULL, 0);

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "m2m/buf.h"
 #include "m2m/log.h"
@@ -26,6 +27,7 @@ struct m2m_http_server {
     int metric_unrouted;
     char rid_prefix[12];
     atomic_uint_fast64_t rid_seq;
+    atomic_int inflight; /* requests between their first call and completion */
 };
 
 typedef struct {
@@ -294,7 +296,8 @@ static void req_set_ctype(m2m_req *r)
         return;
     while (*ct == ' ' || *ct == '\t')
         ct++;
-    for (; ct[i] && ct[i] != ';' && ct[i] != ' ' && i < sizeof(r->ctype) - 1; i++)
+    for (; ct[i] && ct[i] != ';' && ct[i] != ' ' && ct[i] != '\t' && i < sizeof(r->ctype) - 1;
+         i++)
         r->ctype[i] = (char)tolower((unsigned char)ct[i]);
     r->ctype[i] = '\0';
 }
@@ -390,6 +393,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         r = calloc(1, sizeof(*r));
         if (!r)
             return MHD_NO;
+        atomic_fetch_add(&srv->inflight, 1);
         clock_gettime(CLOCK_MONOTONIC, &r->start);
         r->srv = srv;
         r->conn = conn;
@@ -456,6 +460,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     }
     req_free(r);
     *con_cls = NULL;
+    atomic_fetch_sub(&srv->inflight, 1);
 }
 
 /* Percent-decodes the path and query in place like MHD's default, except
@@ -568,9 +573,17 @@ void m2m_http_server_stop(m2m_http_server *s)
 {
     if (!s)
         return;
-    /* Stop accepting first, then let in-flight requests finish. */
-    MHD_quiesce_daemon(s->mhd);
+    /* Stop accepting, let requests already started send their replies (up
+     * to 10 s; idle keep-alive connections are not waited for), then stop.
+     * The quiesced listening socket is ours to close. */
+    MHD_socket lfd = MHD_quiesce_daemon(s->mhd);
+    for (int i = 0; i < 1000 && atomic_load(&s->inflight) > 0; i++) {
+        struct timespec ts = {0, 10 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
     MHD_stop_daemon(s->mhd);
+    if (lfd != MHD_INVALID_SOCKET)
+        close(lfd);
     free(s->route_metric);
     free(s);
 }

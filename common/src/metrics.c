@@ -81,6 +81,10 @@ void m2m_metrics_observe(m2m_metrics *m, int route, int status, double seconds)
 m2m_counter *m2m_metrics_counter(m2m_metrics *m, const char *name, const char *help)
 {
     int n = atomic_load(&m->ncounters);
+    /* One name, one series: Prometheus rejects a second # TYPE line. */
+    for (int i = 0; i < n; i++)
+        if (strcmp(m->counters[i].name, name) == 0)
+            return &m->counters[i];
     if (n >= M2M_METRICS_MAX_COUNTERS)
         return NULL;
     m->counters[n].name = name;
