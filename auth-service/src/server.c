@@ -132,6 +132,17 @@ m2m_err auth_ctx_init(auth_ctx *ctx, const auth_config *cfg)
         rc = build_resources(ctx);
     if (!rc)
         rc = build_metadata(ctx);
+    if (!rc) {
+        json_t *iss = json_string(cfg->issuer), *aud = json_string(cfg->default_audience);
+        ctx->issuer_json = iss ? json_dumps(iss, JSON_ENCODE_ANY) : NULL;
+        ctx->audience_json = aud ? json_dumps(aud, JSON_ENCODE_ANY) : NULL;
+        json_decref(iss);
+        json_decref(aud);
+        if (!ctx->issuer_json || !ctx->audience_json) {
+            M2M_ERROR("config", "AUTH_ISSUER and AUTH_DEFAULT_AUDIENCE must be UTF-8 text");
+            rc = M2M_ERR_CONFIG;
+        }
+    }
     return rc;
 }
 
@@ -143,6 +154,8 @@ void auth_ctx_free(auth_ctx *ctx)
     auth_secrets_free(ctx->secrets);
     m2m_metrics_free(ctx->metrics);
     free(ctx->metadata_json);
+    free(ctx->issuer_json);
+    free(ctx->audience_json);
     free(ctx->resources);
     memset(ctx, 0, sizeof(*ctx));
 }

@@ -23,6 +23,8 @@ typedef struct {
     m2m_counter *token_failures;
     m2m_counter *clients_registered;
     char *metadata_json; /* RFC 8414 document, built once */
+    char *issuer_json;   /* AUTH_ISSUER as a JSON string, quotes included */
+    char *audience_json; /* AUTH_DEFAULT_AUDIENCE likewise */
     char *resources;     /* allowed RFC 8707 resources, space-separated */
     atomic_bool schema_ready;
 } auth_ctx;

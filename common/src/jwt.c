@@ -435,20 +435,21 @@ out:
     return rc;
 }
 
-m2m_err m2m_jwt_sign(const m2m_key *key, const char *typ, const json_t *claims, m2m_buf *out)
+m2m_err m2m_jwt_sign_json(const m2m_key *key, const char *typ, const char *claims, size_t blen,
+                          m2m_buf *out)
 {
     /* Everything is built on the stack and appended to out once: the only
      * heap traffic on this hot path is OpenSSL's own and the buffer's. */
     char tok[M2M_JWT_MAX_LEN + 1];
-    char body[SEG_MAX];
     char hdr[HEADER_MAX];
     uint8_t der[SIG_DER_MAX], raw[SIG_LEN];
-    size_t der_len = sizeof der, blen, pos = 0, n;
+    size_t der_len = sizeof der, pos = 0, n;
     EVP_MD_CTX *md = NULL;
     int hlen;
     m2m_err rc;
 
-    if (!key || !key->pkey || !typ || !json_is_object(claims) || !out || !header_value_ok(typ) ||
+    if (!key || !key->pkey || !typ || !claims || blen < 2 || claims[0] != '{' || !out ||
+        !header_value_ok(typ) ||
         !header_value_ok(key->kid)) {
         rc = M2M_ERR_INTERNAL;
         goto out;
@@ -463,14 +464,8 @@ m2m_err m2m_jwt_sign(const m2m_key *key, const char *typ, const json_t *claims, 
         rc = M2M_ERR_INTERNAL;
         goto out;
     }
-    /* Returns the size it needed when that exceeds the buffer, 0 on error. */
-    blen = json_dumpb(claims, body, sizeof body, JSON_COMPACT);
-    if (blen == 0) {
-        rc = M2M_ERR_INTERNAL;
-        goto out;
-    }
     /* Never issue what m2m_jwt_verify would refuse as "too long". */
-    if (blen > sizeof body ||
+    if (blen > SEG_MAX ||
         M2M_B64URL_LEN((size_t)hlen) + M2M_B64URL_LEN(blen) + 2 + SIG_B64_LEN > M2M_JWT_MAX_LEN) {
         rc = M2M_ERR_PAYLOAD_TOO_LARGE;
         goto out;
@@ -480,7 +475,7 @@ m2m_err m2m_jwt_sign(const m2m_key *key, const char *typ, const json_t *claims, 
         goto out;
     pos = n;
     tok[pos++] = '.';
-    rc = m2m_b64url_encode((const uint8_t *)body, blen, tok + pos, sizeof tok - pos, &n);
+    rc = m2m_b64url_encode((const uint8_t *)claims, blen, tok + pos, sizeof tok - pos, &n);
     if (rc)
         goto out;
     pos += n;
@@ -504,6 +499,22 @@ out:
     if (rc)
         ERR_clear_error();
     return rc;
+}
+
+m2m_err m2m_jwt_sign(const m2m_key *key, const char *typ, const json_t *claims, m2m_buf *out)
+{
+    char body[SEG_MAX];
+    size_t blen;
+
+    if (!json_is_object(claims))
+        return M2M_ERR_INTERNAL;
+    /* Returns the size it needed when that exceeds the buffer, 0 on error. */
+    blen = json_dumpb(claims, body, sizeof body, JSON_COMPACT);
+    if (blen == 0)
+        return M2M_ERR_INTERNAL;
+    if (blen > sizeof body)
+        return M2M_ERR_PAYLOAD_TOO_LARGE;
+    return m2m_jwt_sign_json(key, typ, body, blen, out);
 }
 
 /* ---- verification -------------------------------------------------------- */

@@ -41,6 +41,11 @@ void m2m_key_free(m2m_key *k);
 
 /* Signs header {"alg":"ES256","typ":typ,"kid":key->kid} + claims (not consumed). */
 m2m_err m2m_jwt_sign(const m2m_key *key, const char *typ, const json_t *claims, m2m_buf *out);
+/* Same with claims already serialised as one JSON object (the caller
+ * guarantees it is valid JSON): the token endpoint's path, without a JSON
+ * tree per token. */
+m2m_err m2m_jwt_sign_json(const m2m_key *key, const char *typ, const char *claims, size_t len,
+                          m2m_buf *out);
 
 typedef struct {
     m2m_key **keys;
