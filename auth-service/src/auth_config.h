@@ -11,6 +11,7 @@ typedef struct {
     long port;
     long metrics_port;
     long threads;
+    long blocking_threads;
     char *database_url;
     char *issuer;
     char *default_audience;

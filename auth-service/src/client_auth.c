@@ -123,7 +123,8 @@ void auth_creds_clear(auth_creds *c)
     memset(c, 0, sizeof(*c));
 }
 
-m2m_err auth_authenticate(auth_ctx *ctx, const auth_creds *creds, auth_client *client)
+m2m_err auth_authenticate(auth_ctx *ctx, const auth_creds *creds, auth_client *client,
+                          bool may_block)
 {
     m2m_err rc;
 
@@ -131,17 +132,21 @@ m2m_err auth_authenticate(auth_ctx *ctx, const auth_creds *creds, auth_client *c
     if (!auth_client_id_valid(creds->client_id) || creds->secret_len == 0 ||
         creds->secret_len > AUTH_SECRET_MAX)
         return M2M_ERR_INVALID_CLIENT;
-    rc = auth_client_lookup(ctx->clients, ctx->db, creds->client_id, client);
+    rc = may_block ? auth_client_lookup(ctx->clients, ctx->db, creds->client_id, client)
+                   : auth_client_peek(ctx->clients, creds->client_id, client);
     if (rc == M2M_ERR_NOT_FOUND)
         return M2M_ERR_INVALID_CLIENT;
     if (rc)
         return rc;
-    rc = auth_secret_verify(ctx->secrets, client->client_id, client->secret_hash, creds->secret,
-                            creds->secret_len);
+    rc = may_block ? auth_secret_verify(ctx->secrets, client->client_id, client->secret_hash,
+                                        creds->secret, creds->secret_len)
+                   : auth_secret_verify_cached(ctx->secrets, client->client_id,
+                                               client->secret_hash, creds->secret,
+                                               creds->secret_len);
     if (rc == M2M_OK && !client->active)
         rc = M2M_ERR_INVALID_CLIENT;
     if (rc) {
-        if (rc != M2M_ERR_INVALID_CLIENT)
+        if (rc != M2M_ERR_INVALID_CLIENT && rc != M2M_ERR_WOULD_BLOCK)
             rc = M2M_ERR_INTERNAL;
         auth_client_clear(client);
     }

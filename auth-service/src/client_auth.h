@@ -31,7 +31,10 @@ m2m_err auth_creds_extract(m2m_req *req, const m2m_form *params, auth_creds *out
 void auth_creds_clear(auth_creds *c);
 
 /* Looks the client up and checks the secret. Unknown id, wrong secret and a
- * disabled client are all M2M_ERR_INVALID_CLIENT (one message: no oracle). */
-m2m_err auth_authenticate(auth_ctx *ctx, const auth_creds *creds, auth_client *client);
+ * disabled client are all M2M_ERR_INVALID_CLIENT (one message: no oracle).
+ * Without may_block only the caches are used, and M2M_ERR_WOULD_BLOCK says
+ * the database or scrypt is needed: defer the request and call again. */
+m2m_err auth_authenticate(auth_ctx *ctx, const auth_creds *creds, auth_client *client,
+                          bool may_block);
 
 #endif

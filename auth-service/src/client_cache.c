@@ -186,6 +186,35 @@ void auth_client_cache_free(auth_client_cache *c)
     free(c);
 }
 
+/* Copies a live entry into out (M2M_OK), else M2M_ERR_WOULD_BLOCK; gives
+ * the generation and slot version seen, for a later store. */
+static m2m_err cache_get(auth_client_cache *c, const char *client_id, auth_client *out,
+                         uint64_t *gen, uint64_t *version)
+{
+    size_t i = slot_of(c, client_id);
+    pthread_mutex_t *lock = &c->stripes[i % STRIPES];
+    m2m_err rc = M2M_ERR_WOULD_BLOCK;
+
+    *gen = atomic_load(&c->gen);
+    pthread_mutex_lock(lock);
+    slot *s = &c->slots[i];
+    if (s->client.client_id && s->gen == *gen && time(NULL) - s->stored_at < c->ttl &&
+        strcmp(s->client.client_id, client_id) == 0)
+        rc = auth_client_copy(&s->client, out);
+    *version = s->version;
+    pthread_mutex_unlock(lock);
+    return rc;
+}
+
+m2m_err auth_client_peek(auth_client_cache *c, const char *client_id, auth_client *out)
+{
+    uint64_t gen, version;
+    memset(out, 0, sizeof(*out));
+    if (!auth_client_cache_listening(c))
+        return M2M_ERR_WOULD_BLOCK;
+    return cache_get(c, client_id, out, &gen, &version);
+}
+
 m2m_err auth_client_lookup(auth_client_cache *c, m2m_db *db, const char *client_id,
                            auth_client *out)
 {
@@ -199,15 +228,8 @@ m2m_err auth_client_lookup(auth_client_cache *c, m2m_db *db, const char *client_
     if (usable) {
         i = slot_of(c, client_id);
         lock = &c->stripes[i % STRIPES];
-        gen = atomic_load(&c->gen);
-        pthread_mutex_lock(lock);
-        slot *s = &c->slots[i];
-        bool hit = s->client.client_id && s->gen == gen && now - s->stored_at < c->ttl &&
-                   strcmp(s->client.client_id, client_id) == 0;
-        rc = hit ? auth_client_copy(&s->client, out) : M2M_ERR_NOT_FOUND;
-        version = s->version;
-        pthread_mutex_unlock(lock);
-        if (hit)
+        rc = cache_get(c, client_id, out, &gen, &version);
+        if (rc != M2M_ERR_WOULD_BLOCK)
             return rc;
     }
     rc = auth_client_get(db, client_id, out);

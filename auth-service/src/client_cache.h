@@ -25,6 +25,9 @@ void auth_client_cache_free(auth_client_cache *c);
 /* The client from the cache, else from the database (then cached). */
 m2m_err auth_client_lookup(auth_client_cache *c, m2m_db *db, const char *client_id,
                            auth_client *out);
+/* The client from the cache only: M2M_ERR_WOULD_BLOCK on a miss (or with no
+ * cache), for event threads that must not wait for the database. */
+m2m_err auth_client_peek(auth_client_cache *c, const char *client_id, auth_client *out);
 void auth_client_cache_invalidate(auth_client_cache *c, const char *client_id);
 /* True while change notifications are being received. */
 bool auth_client_cache_listening(auth_client_cache *c);

@@ -24,6 +24,10 @@ void auth_handle_jwks(m2m_req *req, void *arg)
 void auth_handle_health(m2m_req *req, void *arg)
 {
     auth_ctx *ctx = arg;
+    if (!m2m_req_may_block(req)) { /* a database round trip */
+        m2m_req_defer(req, auth_handle_health);
+        return;
+    }
     m2m_err rc = m2m_db_ping(ctx->db);
     bool ready = atomic_load(&ctx->schema_ready);
 

@@ -42,6 +42,10 @@ void auth_handle_register(m2m_req *req, void *arg)
     auth_client existing = {0};
     m2m_err rc;
 
+    if (!m2m_req_may_block(req)) { /* scrypt and the database: not on an event thread */
+        m2m_req_defer(req, auth_handle_register);
+        return;
+    }
     if (!ctx->cfg->registration_open) {
         m2m_reply_error(req, M2M_ERR_FORBIDDEN, "self-registration is disabled on this server");
         goto out;

@@ -225,8 +225,8 @@ static size_t slot_index(const auth_secrets *s, const char *client_id)
     return (size_t)(h % s->params.cache_slots);
 }
 
-m2m_err auth_secret_verify(auth_secrets *s, const char *client_id, const char *stored,
-                           const char *secret, size_t len)
+static m2m_err verify(auth_secrets *s, const char *client_id, const char *stored,
+                      const char *secret, size_t len, bool may_block)
 {
     uint8_t stored_digest[SHA256_DIGEST_LENGTH], tag[SHA256_DIGEST_LENGTH];
     uint8_t salt[32], want[DK_LEN], got[DK_LEN];
@@ -255,6 +255,10 @@ m2m_err auth_secret_verify(auth_secrets *s, const char *client_id, const char *s
             rc = match ? M2M_OK : M2M_ERR_INVALID_CLIENT;
             goto out;
         }
+    }
+    if (!may_block) {
+        rc = M2M_ERR_WOULD_BLOCK;
+        goto out;
     }
     rc = parse_stored(stored, &log_n, &r, &p, salt, &saltlen, want);
     if (rc) {
@@ -285,4 +289,16 @@ out:
     OPENSSL_cleanse(got, sizeof(got));
     OPENSSL_cleanse(tag, sizeof(tag));
     return rc;
+}
+
+m2m_err auth_secret_verify(auth_secrets *s, const char *client_id, const char *stored,
+                           const char *secret, size_t len)
+{
+    return verify(s, client_id, stored, secret, len, true);
+}
+
+m2m_err auth_secret_verify_cached(auth_secrets *s, const char *client_id, const char *stored,
+                                  const char *secret, size_t len)
+{
+    return verify(s, client_id, stored, secret, len, false);
 }

@@ -42,4 +42,9 @@ m2m_err auth_secret_hash(auth_secrets *s, const char *secret, size_t len, char *
 m2m_err auth_secret_verify(auth_secrets *s, const char *client_id, const char *stored,
                            const char *secret, size_t len);
 
+/* The cache alone: M2M_OK or M2M_ERR_INVALID_CLIENT when it knows the
+ * answer, M2M_ERR_WOULD_BLOCK when only scrypt can tell. */
+m2m_err auth_secret_verify_cached(auth_secrets *s, const char *client_id, const char *stored,
+                                  const char *secret, size_t len);
+
 #endif

@@ -252,7 +252,13 @@ void auth_handle_token(m2m_req *req, void *arg)
         rc = auth_creds_extract(req, &params, &creds, desc, sizeof(desc));
     if (rc)
         goto fail;
-    rc = auth_authenticate(ctx, &creds, &client);
+    rc = auth_authenticate(ctx, &creds, &client, m2m_req_may_block(req));
+    if (rc == M2M_ERR_WOULD_BLOCK) {
+        /* First sight of this client (or its secret) since start: the
+         * database and scrypt run on a blocking thread, not this one. */
+        m2m_req_defer(req, auth_handle_token);
+        goto out;
+    }
     if (rc) {
         if (rc == M2M_ERR_INVALID_CLIENT) {
             snprintf(desc, sizeof(desc), "client authentication failed");

@@ -64,7 +64,8 @@ static void documented_defaults(void **state)
     assert_string_equal(c.listen_addr, "127.0.0.1");
     assert_int_equal(c.port, 9001);
     assert_int_equal(c.metrics_port, 9101);
-    assert_int_equal(c.threads, 4);
+    assert_int_equal(c.threads, 0); /* one per CPU */
+    assert_int_equal(c.blocking_threads, 4);
     assert_string_equal(c.database_url, "host=127.0.0.1 port=5433 dbname=m2m user=auth_service");
     assert_string_equal(c.issuer, "http://localhost:8000");
     assert_string_equal(c.default_audience, "http://localhost:8000/api/currency");
@@ -249,7 +250,8 @@ static void bad_values_name_the_key(void **state)
     assert_bad("AUTH_REGISTRATION_OPEN", "truee");
     assert_bad("AUTH_REGISTRATION_OPEN", "2");
     assert_bad("AUTH_ACCESS_LOG", "y");
-    assert_bad("AUTH_THREADS", "0");
+    assert_bad("AUTH_THREADS", "-1");
+    assert_bad("AUTH_BLOCKING_THREADS", "0");
     assert_bad("AUTH_THREADS", "257");
     assert_bad("AUTH_MAX_BODY", "255");
     assert_bad("AUTH_MAX_CONNECTIONS", "15");

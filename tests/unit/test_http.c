@@ -199,7 +199,33 @@ static void h_raw(m2m_req *r, void *ctx)
     m2m_reply_raw(r, 202, "text/plain; charset=utf-8", "hi\n", 3);
 }
 
+/* Defers itself; on the blocking thread replies with what it saw. */
+static void h_defer(m2m_req *r, void *ctx)
+{
+    (void)ctx;
+    if (!m2m_req_may_block(r)) {
+        m2m_req_defer(r, h_defer);
+        return;
+    }
+    usleep(1000 * (useconds_t)atoi(m2m_req_query(r, "ms") ? m2m_req_query(r, "ms") : "0"));
+    m2m_reply_json(r, 200, json_pack("{s:b, s:s}", "in_pool", 1, "id", m2m_req_id(r)));
+}
+
+static void h_pool_noreply(m2m_req *r, void *ctx)
+{
+    (void)r;
+    (void)ctx;
+}
+
+static void h_defer_noreply(m2m_req *r, void *ctx)
+{
+    (void)ctx;
+    m2m_req_defer(r, h_pool_noreply);
+}
+
 static const m2m_route routes[] = {
+    {"GET", "/defer", h_defer, 0},
+    {"GET", "/defer-noreply", h_defer_noreply, 0},
     {"GET", "/json", h_json, 0},
     {"GET", "/items", h_method, 0},
     {"POST", "/items", h_method, 0},
@@ -1629,10 +1655,116 @@ static void test_concurrent_requests(void **state)
     assert_int_equal(atomic_load(&conc_ok), CONC_TOTAL);
 }
 
+/* A deferred handler runs on a blocking thread (may_block true there,
+ * false on the event thread), keeps the request id and keep-alive, and a
+ * deferred handler that forgets to reply still gets a JSON 500. */
+static void test_defer_runs_on_blocking_thread(void **state)
+{
+    CURL *h = curl_easy_init();
+    resp r1 = {0}, r2 = {0}, r3 = {0};
+    const char *hdrs[] = {"X-Request-Id: defer-123", NULL};
+    (void)state;
+
+    request(h, "GET", "/defer", hdrs, NULL, 0, SEND_LENGTH, &r1);
+    assert_int_equal(r1.status, 200);
+    json_t *j = body_json(&r1);
+    assert_true(json_is_true(json_object_get(j, "in_pool")));
+    assert_string_equal(jstr(j, "id"), "defer-123");
+    assert_string_equal(header(&r1, "X-Request-Id"), "defer-123");
+    json_decref(j);
+    get(h, "/defer", &r2);
+    assert_int_equal(r2.status, 200);
+    assert_int_equal(r2.connects, 0); /* same connection */
+    get(h, "/defer-noreply", &r3);
+    expect_error_free(&r3, 500, "server_error", NULL);
+    resp_free(&r1);
+    resp_free(&r2);
+    resp_free(&r3);
+    curl_easy_cleanup(h);
+}
+
+static size_t on_discard(char *p, size_t size, size_t n, void *ud)
+{
+    (void)p;
+    (void)ud;
+    return size * n;
+}
+
+typedef struct {
+    unsigned port;
+    long status;
+} busy_arg;
+
+static void *busy_worker(void *arg)
+{
+    busy_arg *a = arg;
+    char url[96];
+    CURL *h = curl_easy_init();
+    snprintf(url, sizeof(url), "http://127.0.0.1:%u/defer?ms=400", a->port);
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 5000L);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_discard);
+    if (curl_easy_perform(h) == CURLE_OK)
+        curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &a->status);
+    curl_easy_cleanup(h);
+    return NULL;
+}
+
+/* One blocking thread and a queue of one: of 4 slow deferred requests at
+ * once, at most one runs and one waits, the others get 503 at once; none is
+ * lost, and the event threads keep answering meanwhile. */
+static void test_defer_queue_full_is_503(void **state)
+{
+    m2m_http_cfg cfg = {.service = "unit-busy",
+                        .bind_addr = "127.0.0.1",
+                        .threads = 2,
+                        .blocking_threads = 1,
+                        .blocking_queue = 1,
+                        .conn_timeout = 10,
+                        .max_body = DEFAULT_CAP,
+                        .routes = routes,
+                        .nroutes = sizeof(routes) / sizeof(routes[0]),
+                        .ctx = &srv_ctx};
+    m2m_http_server *busy = NULL;
+    pthread_t th[4];
+    busy_arg args[4];
+    (void)state;
+
+    assert_int_equal(m2m_http_server_start(&cfg, &busy), M2M_OK);
+    for (int i = 0; i < 4; i++) {
+        args[i] = (busy_arg){m2m_http_server_port(busy), 0};
+        assert_int_equal(pthread_create(&th[i], NULL, busy_worker, &args[i]), 0);
+    }
+    usleep(100 * 1000);
+    /* an event-thread route answers while the blocking thread is busy */
+    CURL *h = curl_easy_init();
+    char url[96];
+    long status = 0;
+    snprintf(url, sizeof(url), "http://127.0.0.1:%u/json", m2m_http_server_port(busy));
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_discard);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 200L);
+    assert_int_equal(curl_easy_perform(h), CURLE_OK);
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+    assert_int_equal(status, 200);
+    curl_easy_cleanup(h);
+    int ok = 0, busy503 = 0;
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(pthread_join(th[i], NULL), 0);
+        ok += args[i].status == 200;
+        busy503 += args[i].status == 503;
+    }
+    assert_int_equal(ok + busy503, 4);
+    assert_in_range(ok, 1, 2); /* at most one running and one queued */
+    m2m_http_server_stop(busy);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_json_reply),
+        cmocka_unit_test(test_defer_runs_on_blocking_thread),
+        cmocka_unit_test(test_defer_queue_full_is_503),
         cmocka_unit_test(test_captures),
         cmocka_unit_test(test_two_methods_one_path),
         cmocka_unit_test(test_query_args),

@@ -27,6 +27,7 @@
     X(NOMEM, 503, "temporarily_unavailable", "out of memory")                                      \
     X(DB_UNAVAILABLE, 503, "temporarily_unavailable", "database unavailable")                     \
     X(UNAVAILABLE, 503, "temporarily_unavailable", "service temporarily unavailable")             \
+    X(WOULD_BLOCK, 503, "temporarily_unavailable", "needs a blocking thread (m2m_req_defer)")    \
     X(UPSTREAM, 502, "bad_gateway", "upstream service failed")                                     \
     X(CONFIG, 500, "server_error", "invalid configuration")                                        \
     X(IO, 500, "server_error", "I/O error")                                                        \

@@ -31,7 +31,9 @@ typedef struct {
     const char *service;   /* for logs and the Server header */
     const char *bind_addr; /* "127.0.0.1" */
     unsigned port;         /* 0 = pick a free port (see m2m_http_server_port) */
-    unsigned threads;      /* MHD thread pool size */
+    unsigned threads;      /* event threads (MHD pool); 0 = one per CPU */
+    unsigned blocking_threads; /* threads for deferred handlers; 0 = 4 */
+    unsigned blocking_queue;   /* deferred requests waiting at most; 0 = 256 */
     unsigned conn_timeout; /* seconds of inactivity before a connection is closed */
     unsigned max_conns;
     unsigned per_ip_limit;   /* 0 = unlimited (behind nginx every peer is 127.0.0.1) */
@@ -59,6 +61,15 @@ const char *m2m_req_id(const m2m_req *r);
 const char *m2m_req_param(const m2m_req *r, unsigned n);
 /* The media type of Content-Type, lower-cased, without parameters ("" if none). */
 const char *m2m_req_content_type(const m2m_req *r);
+
+/* Event threads must never block (design.md §7: one slow call stalls every
+ * connection of its thread). A handler that needs the database, scrypt or
+ * any other slow call defers itself: it returns right after
+ * m2m_req_defer(req, fn) without replying, and fn(req, ctx) runs later on a
+ * blocking thread and replies there. m2m_req_may_block() tells which kind of
+ * thread a handler is on. A full queue answers 503 by itself. */
+void m2m_req_defer(m2m_req *r, m2m_handler fn);
+bool m2m_req_may_block(const m2m_req *r);
 
 /* Adds a header to the reply about to be queued (copied; up to 8). */
 void m2m_reply_header(m2m_req *r, const char *name, const char *value);
