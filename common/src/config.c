@@ -11,19 +11,6 @@
 #include <string.h>
 #include <strings.h>
 
-static void set_err(char *errbuf, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_err(char *errbuf, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (!errbuf || errlen == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(errbuf, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static void *field_ptr(void *out, const m2m_cfg_entry *e)
 {
@@ -90,10 +77,10 @@ static m2m_err load_entry(const m2m_cfg_entry *e, const char *val, void *out, ch
         if (parse_long(val, &x) || x < e->min || x > e->max) {
             /* A secret typed into the wrong variable must not reach the log. */
             if (e->secret)
-                set_err(errbuf, errlen, "%s: expected an integer in [%ld, %ld]", e->key, e->min,
+                m2m_errbuf_set(errbuf, errlen, "%s: expected an integer in [%ld, %ld]", e->key, e->min,
                         e->max);
             else
-                set_err(errbuf, errlen, "%s: expected an integer in [%ld, %ld], got '%s'", e->key,
+                m2m_errbuf_set(errbuf, errlen, "%s: expected an integer in [%ld, %ld], got '%s'", e->key,
                         e->min, e->max, val);
             rc = M2M_ERR_CONFIG;
             goto out;
@@ -106,10 +93,10 @@ static m2m_err load_entry(const m2m_cfg_entry *e, const char *val, void *out, ch
 
         if (parse_bool(val, &b)) {
             if (e->secret)
-                set_err(errbuf, errlen, "%s: expected a boolean (true/false, 1/0, yes/no, on/off)",
+                m2m_errbuf_set(errbuf, errlen, "%s: expected a boolean (true/false, 1/0, yes/no, on/off)",
                         e->key);
             else
-                set_err(errbuf, errlen,
+                m2m_errbuf_set(errbuf, errlen,
                         "%s: expected a boolean (true/false, 1/0, yes/no, on/off), got '%s'",
                         e->key, val);
             rc = M2M_ERR_CONFIG;
@@ -119,7 +106,7 @@ static m2m_err load_entry(const m2m_cfg_entry *e, const char *val, void *out, ch
         break;
     }
     default:
-        set_err(errbuf, errlen, "%s: unknown configuration type %d", e->key, (int)e->type);
+        m2m_errbuf_set(errbuf, errlen, "%s: unknown configuration type %d", e->key, (int)e->type);
         rc = M2M_ERR_CONFIG;
         goto out;
     }
@@ -146,14 +133,14 @@ m2m_err m2m_config_load_with(const m2m_cfg_entry *table, size_t n, void *out,
         if (!val || val[0] == '\0')
             val = e->def;
         if (!val) {
-            set_err(errbuf, errlen, "%s is required", e->key);
+            m2m_errbuf_set(errbuf, errlen, "%s is required", e->key);
             rc = M2M_ERR_CONFIG;
             goto out;
         }
         rc = load_entry(e, val, out, errbuf, errlen);
         if (rc) {
             if (rc == M2M_ERR_NOMEM)
-                set_err(errbuf, errlen, "%s: out of memory", e->key);
+                m2m_errbuf_set(errbuf, errlen, "%s: out of memory", e->key);
             goto out;
         }
     }

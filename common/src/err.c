@@ -1,5 +1,8 @@
 #include "m2m/err.h"
 
+#include <stdarg.h>
+#include <stdio.h>
+
 static const struct {
     int status;
     const char *code;
@@ -36,4 +39,15 @@ const char *m2m_err_text(m2m_err e)
 const char *m2m_err_name(m2m_err e)
 {
     return err_valid(e) ? err_table[e].name : "UNKNOWN";
+}
+
+void m2m_errbuf_set(char *errbuf, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (!errbuf || errlen == 0)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(errbuf, errlen, fmt, ap);
+    va_end(ap);
 }

@@ -8,19 +8,6 @@
 #include <stdio.h>
 #include <string.h>
 
-static void set_err(char *errbuf, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_err(char *errbuf, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (!errbuf || errlen == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(errbuf, errlen, fmt, ap); /* truncation is fine for a message */
-    va_end(ap);
-}
 
 /* True when v holds more than `left` levels of containers (v itself counts
  * as one when it is an object or array). The walk stops as soon as
@@ -70,19 +57,19 @@ m2m_err m2m_json_parse_object(const char *body, size_t len, json_t **out, char *
     root = json_loadb(body ? body : "", body ? len : 0, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY,
                       &jerr);
     if (!root) {
-        set_err(errbuf, errlen, "invalid JSON at line %d column %d: %s", jerr.line, jerr.column,
+        m2m_errbuf_set(errbuf, errlen, "invalid JSON at line %d column %d: %s", jerr.line, jerr.column,
                 jerr.text);
         rc = M2M_ERR_INVALID_REQUEST;
         goto out;
     }
     if (!json_is_object(root)) {
-        set_err(errbuf, errlen, "body must be a JSON object");
+        m2m_errbuf_set(errbuf, errlen, "body must be a JSON object");
         rc = M2M_ERR_INVALID_REQUEST;
         goto out;
     }
     /* The top-level object is level 1: {"a":{}} has depth 2. */
     if (too_deep(root, M2M_JSON_MAX_DEPTH)) {
-        set_err(errbuf, errlen, "JSON nested deeper than %d levels", M2M_JSON_MAX_DEPTH);
+        m2m_errbuf_set(errbuf, errlen, "JSON nested deeper than %d levels", M2M_JSON_MAX_DEPTH);
         rc = M2M_ERR_INVALID_REQUEST;
         goto out;
     }
@@ -105,13 +92,13 @@ m2m_err m2m_json_get_string(json_t *obj, const char *key, bool required, size_t 
     /* An explicit null is what many clients send for "not given". */
     if (!v || json_is_null(v)) {
         if (required) {
-            set_err(errbuf, errlen, "%s: required", key);
+            m2m_errbuf_set(errbuf, errlen, "%s: required", key);
             rc = M2M_ERR_INVALID_REQUEST;
         }
         goto out;
     }
     if (!json_is_string(v)) {
-        set_err(errbuf, errlen, "%s: must be a string", key);
+        m2m_errbuf_set(errbuf, errlen, "%s: must be a string", key);
         rc = M2M_ERR_INVALID_REQUEST;
         goto out;
     }
@@ -120,12 +107,12 @@ m2m_err m2m_json_get_string(json_t *obj, const char *key, bool required, size_t 
     /* Parsing without JSON_ALLOW_NUL already refuses "\u0000", but objects
      * built in code may hold one; a C caller would see a shorter string. */
     if (strlen(s) != n) {
-        set_err(errbuf, errlen, "%s: must not contain NUL", key);
+        m2m_errbuf_set(errbuf, errlen, "%s: must not contain NUL", key);
         rc = M2M_ERR_INVALID_REQUEST;
         goto out;
     }
     if (n > maxlen) {
-        set_err(errbuf, errlen, "%s: at most %zu bytes", key, maxlen);
+        m2m_errbuf_set(errbuf, errlen, "%s: at most %zu bytes", key, maxlen);
         rc = M2M_ERR_INVALID_REQUEST;
         goto out;
     }

@@ -4,6 +4,8 @@
 #ifndef M2M_ERR_H
 #define M2M_ERR_H
 
+#include <stddef.h>
+
 #define M2M_ERR_TABLE(X)                                                                           \
     X(OK, 200, "ok", "success")                                                                    \
     X(INVALID_REQUEST, 400, "invalid_request", "the request is malformed")                        \
@@ -50,5 +52,10 @@ const char *m2m_err_code(m2m_err e);
 const char *m2m_err_text(m2m_err e);
 /* The enum name without prefix, e.g. "INVALID_CLIENT" (for logs). */
 const char *m2m_err_name(m2m_err e);
+
+/* Formats a message into a caller's error buffer (NULL or 0 size: nothing);
+ * truncation is fine for a message. */
+void m2m_errbuf_set(char *errbuf, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 #endif
