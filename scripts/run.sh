@@ -120,7 +120,7 @@ banner() {
     cat <<MSG
 
 m2m stack is up. Logs: $VAR/log/   Database: $conninfo
-  API:       http://localhost:8000/api/auth/...   (register, token, refresh, revoke, introspect, jwks.json, health)
+  API:       http://localhost:8000/api/auth/...   (register, token, jwks.json, health)
   Metadata:  http://localhost:8000/.well-known/oauth-authorization-server
   Metrics:   http://127.0.0.1:$AUTH_METRICS_PORT/metrics   (internal port, not proxied by nginx)
 
