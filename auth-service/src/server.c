@@ -1,12 +1,11 @@
 #include "server.h"
 
-#include <errno.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "m2m/daemon.h"
 #include "m2m/log.h"
 #include "scope.h"
 
@@ -181,17 +180,10 @@ int auth_serve(const auth_config *cfg)
 {
     auth_ctx ctx;
     m2m_http_server *api = NULL, *internal = NULL;
-    sigset_t sigs;
     int status = 1;
     m2m_err rc;
 
-    /* Signals are taken synchronously by this thread only: worker threads
-     * inherit the blocked mask and never see them. */
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGTERM);
-    sigaddset(&sigs, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    m2m_daemon_signals();
 
     rc = auth_ctx_init(&ctx, cfg);
     if (rc) {
@@ -243,9 +235,8 @@ int auth_serve(const auth_config *cfg)
             else if (rc != M2M_ERR_DB_UNAVAILABLE)
                 M2M_ERROR("migrate_failed", "migrations failed: %s", m2m_err_text(rc));
         }
-        struct timespec tick = {1, 0};
-        int sig = sigtimedwait(&sigs, NULL, &tick);
-        if (sig == SIGTERM || sig == SIGINT) {
+        int sig = m2m_daemon_wait(1000);
+        if (sig) {
             M2M_INFO("stopping", "signal %d: finishing in-flight requests", sig);
             break;
         }
