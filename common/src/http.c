@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <pthread.h>
 #include <ctype.h>
+#include <errno.h>
 #include <microhttpd.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -10,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -17,10 +19,14 @@
 #include "m2m/log.h"
 #include "m2m/rand.h"
 
-#define HTTP_MAX_PARAMS 4
+#define HTTP_MAX_PARAMS        4
 #define HTTP_MAX_EXTRA_HEADERS 8
-#define HTTP_RID_MAX 64
+#define HTTP_RID_MAX           64
 
+#define STREAM_BLOCK        8192  /* MHD's buffer for unchunked (HTTP/1.0) streams */
+#define STREAM_KEEP_BUF     4096  /* a drained queue keeps a buffer up to this size */
+#define STOP_WAIT_MS        10000 /* the stop waits this long for requests in flight */
+#define STOP_STREAM_WAIT_MS 2000  /* and this long for closed streams to drain */
 
 /* The blocking pool: a bounded FIFO of suspended requests and the threads
  * that run their deferred handlers. */
@@ -42,7 +48,29 @@ struct m2m_http_server {
     int metric_unrouted;
     char rid_prefix[12];
     atomic_uint_fast64_t rid_seq;
-    atomic_int inflight; /* requests between their first call and completion */
+    atomic_int inflight;         /* requests between their first call and completion */
+    atomic_int inflight_streams; /* of which replying with a stream */
+    pthread_mutex_t streams_lock;
+    m2m_stream *streams;  /* streams whose connection still holds them */
+    bool streams_closing; /* stop has closed them: new ones are born closed */
+};
+
+/* A streaming reply. Lock order: srv->streams_lock, then s->lock, then
+ * MHD's own locks (MHD_suspend_connection is called under s->lock).
+ * MHD_resume_connection is called without s->lock, by whoever turned
+ * `suspended` from true to false: a suspended connection cannot end before
+ * it is resumed, so conn is still valid then. */
+struct m2m_stream {
+    pthread_mutex_t lock;
+    unsigned refs;               /* the caller's and the connection's */
+    bool open;                   /* sends are accepted */
+    bool aborted;                /* end the body with an error (slow consumer, peer gone) */
+    bool suspended;              /* the reader has parked the connection */
+    struct MHD_Connection *conn; /* NULL once the connection is done with us */
+    char *buf;                   /* queued bytes: buf[off, len) */
+    size_t off, len, cap;
+    m2m_http_server *srv; /* for the server's list; NULL once off it */
+    m2m_stream *prev, *next;
 };
 
 typedef struct {
@@ -63,7 +91,8 @@ struct m2m_req {
     bool method_mismatch;
     bool too_large;
     bool bad_length;
-    bool no_host; /* HTTP/1.1 without Host: RFC 9112 §3.2 says 400 */
+    bool no_host;  /* HTTP/1.1 without Host: RFC 9112 §3.2 says 400 */
+    bool streamed; /* counted in inflight_streams */
     size_t max_body;
     m2m_buf body;
     char *params[HTTP_MAX_PARAMS];
@@ -78,9 +107,12 @@ struct m2m_req {
     size_t reply_len;
     extra_header extra[HTTP_MAX_EXTRA_HEADERS];
     size_t nextra;
+    m2m_stream *stream; /* a streaming reply not yet handed to its response */
+    char *stream_ctype;
 };
 
 static bool pool_push(blocking_pool *p, m2m_req *r);
+static void stream_conn_done(void *cls);
 
 /* ---- routing ---------------------------------------------------------- */
 
@@ -154,8 +186,7 @@ static void allow_header(m2m_req *r)
         const m2m_route *rt = &cfg->routes[i];
         if (!route_match(rt->pattern, r->url, NULL) || strstr(allow, rt->method))
             continue;
-        int n = snprintf(allow + used, sizeof(allow) - used, "%s%s", used ? ", " : "",
-                         rt->method);
+        int n = snprintf(allow + used, sizeof(allow) - used, "%s%s", used ? ", " : "", rt->method);
         if (n < 0 || (size_t)n >= sizeof(allow) - used)
             break;
         used += (size_t)n;
@@ -224,8 +255,7 @@ void m2m_reply_header(m2m_req *r, const char *name, const char *value)
     r->nextra++;
 }
 
-void m2m_reply_raw(m2m_req *r, int status, const char *content_type, const char *data,
-                   size_t len)
+void m2m_reply_raw(m2m_req *r, int status, const char *content_type, const char *data, size_t len)
 {
     if (r->replied) {
         M2M_ERROR("http_double_reply", "handler replied twice on %s", r->url);
@@ -247,7 +277,11 @@ void m2m_reply_raw(m2m_req *r, int status, const char *content_type, const char 
 
 void m2m_reply_json(m2m_req *r, int status, json_t *body)
 {
-    char *text = body ? json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    /* 15 significant digits: what a double holds exactly in decimal, so
+     * 3536.5724005040001 goes out as 3536.572400504 */
+    char *text =
+        body ? json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(15))
+             : NULL;
     json_decref(body);
     if (!text) {
         static const char nomem[] =
@@ -272,8 +306,8 @@ void m2m_reply_error_extra(m2m_req *r, m2m_err e, const char *desc, json_t *extr
     json_t *body = json_pack("{s:s, s:s}", "error", m2m_err_code(e), "error_description",
                              desc ? desc : m2m_err_text(e));
     if (!body) /* desc was not UTF-8: it came from the peer; use the generic text */
-        body = json_pack("{s:s, s:s}", "error", m2m_err_code(e), "error_description",
-                         m2m_err_text(e));
+        body =
+            json_pack("{s:s, s:s}", "error", m2m_err_code(e), "error_description", m2m_err_text(e));
     if (body && extra)
         json_object_update_missing(body, extra);
     json_decref(extra);
@@ -283,6 +317,274 @@ void m2m_reply_error_extra(m2m_req *r, m2m_err e, const char *desc, json_t *extr
 void m2m_reply_error(m2m_req *r, m2m_err e, const char *desc)
 {
     m2m_reply_error_extra(r, e, desc, NULL);
+}
+
+/* ---- streaming replies ------------------------------------------------ */
+
+static void stream_unref(m2m_stream *s)
+{
+    pthread_mutex_lock(&s->lock);
+    unsigned left = --s->refs;
+    pthread_mutex_unlock(&s->lock);
+    if (left)
+        return;
+    pthread_mutex_destroy(&s->lock);
+    free(s->buf);
+    free(s);
+}
+
+/* Under s->lock: the connection to resume (outside the lock), if parked. */
+static struct MHD_Connection *stream_wake(m2m_stream *s)
+{
+    if (!s->suspended)
+        return NULL;
+    s->suspended = false;
+    return s->conn;
+}
+
+static void stream_drop_queue(m2m_stream *s)
+{
+    free(s->buf);
+    s->buf = NULL;
+    s->off = s->len = s->cap = 0;
+}
+
+m2m_stream *m2m_reply_stream(m2m_req *r, const char *content_type)
+{
+    if (r->replied) {
+        M2M_ERROR("http_double_reply", "handler replied twice on %s", r->url);
+        return NULL;
+    }
+    m2m_stream *s = calloc(1, sizeof(*s));
+    char *ct = strdup(content_type ? content_type : "text/event-stream");
+    if (!s || !ct) {
+        free(s);
+        free(ct);
+        m2m_reply_error(r, M2M_ERR_NOMEM, NULL);
+        return NULL;
+    }
+    pthread_mutex_init(&s->lock, NULL);
+    s->refs = 2;
+    s->open = true;
+    s->conn = r->conn;
+    s->srv = r->srv;
+    pthread_mutex_lock(&r->srv->streams_lock);
+    if (r->srv->streams_closing)
+        s->open = false; /* the server is stopping: the body ends at once */
+    s->next = r->srv->streams;
+    if (s->next)
+        s->next->prev = s;
+    r->srv->streams = s;
+    pthread_mutex_unlock(&r->srv->streams_lock);
+    r->replied = true;
+    r->status = 200;
+    r->streamed = true;
+    atomic_fetch_add(&r->srv->inflight_streams, 1);
+    r->stream = s; /* the connection's reference, handed to the response */
+    r->stream_ctype = ct;
+    r->reply_ctype = ct;
+    return s;
+}
+
+m2m_err m2m_stream_send(m2m_stream *s, const char *data, size_t len)
+{
+    struct MHD_Connection *wake = NULL;
+    m2m_err rc = M2M_OK;
+
+    if (!s)
+        return M2M_ERR_IO;
+    pthread_mutex_lock(&s->lock);
+    size_t pending = s->len - s->off;
+    if (!s->open) {
+        rc = M2M_ERR_IO;
+    } else if (len > M2M_STREAM_MAX_PENDING - pending) {
+        /* A slow consumer: give up on it rather than queue without bound. */
+        s->open = false;
+        s->aborted = true;
+        stream_drop_queue(s);
+        wake = stream_wake(s);
+        rc = M2M_ERR_PAYLOAD_TOO_LARGE;
+    } else if (len) {
+        if (s->len + len > s->cap && s->off) {
+            memmove(s->buf, s->buf + s->off, pending);
+            s->off = 0;
+            s->len = pending;
+        }
+        if (s->len + len > s->cap) {
+            size_t ncap = s->cap ? s->cap : 1024;
+            while (ncap < s->len + len)
+                ncap *= 2;
+            char *nb = realloc(s->buf, ncap);
+            if (!nb) {
+                rc = M2M_ERR_NOMEM;
+                goto out;
+            }
+            s->buf = nb;
+            s->cap = ncap;
+        }
+        memcpy(s->buf + s->len, data, len);
+        s->len += len;
+        wake = stream_wake(s);
+    }
+out:
+    pthread_mutex_unlock(&s->lock);
+    if (wake)
+        MHD_resume_connection(wake);
+    return rc;
+}
+
+void m2m_stream_close(m2m_stream *s)
+{
+    struct MHD_Connection *wake = NULL;
+
+    if (!s)
+        return;
+    pthread_mutex_lock(&s->lock);
+    if (s->open) {
+        s->open = false;
+        wake = stream_wake(s);
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (wake)
+        MHD_resume_connection(wake);
+}
+
+size_t m2m_stream_pending(m2m_stream *s)
+{
+    if (!s)
+        return 0;
+    pthread_mutex_lock(&s->lock);
+    size_t n = s->len - s->off;
+    pthread_mutex_unlock(&s->lock);
+    return n;
+}
+
+bool m2m_stream_is_open(m2m_stream *s)
+{
+    if (!s)
+        return false;
+    pthread_mutex_lock(&s->lock);
+    bool open = s->open;
+    pthread_mutex_unlock(&s->lock);
+    return open;
+}
+
+void m2m_stream_release(m2m_stream *s)
+{
+    if (!s)
+        return;
+    m2m_stream_close(s);
+    stream_unref(s);
+}
+
+/* Whether the peer has closed its side (or reset): read on a parked
+ * connection, only from the reader (MHD's thread for this connection), and
+ * without consuming anything. An SSE client sends nothing after its request,
+ * so end-of-file there means it has gone. */
+static bool stream_peer_closed(struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    char c;
+    if (!ci)
+        return false;
+    ssize_t n = recv(ci->connect_fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
+/* MHD's content reader, on the connection's event thread. With nothing
+ * queued it parks the connection (returning 0 without suspending would
+ * busy-loop, design.md §7); a send or close resumes it. */
+static ssize_t stream_reader(void *cls, uint64_t pos, char *out, size_t max)
+{
+    m2m_stream *s = cls;
+    ssize_t ret;
+    (void)pos;
+
+    pthread_mutex_lock(&s->lock);
+    size_t pending = s->len - s->off;
+    if (s->aborted) {
+        ret = MHD_CONTENT_READER_END_WITH_ERROR;
+    } else if (pending) {
+        size_t n = pending < max ? pending : max;
+        memcpy(out, s->buf + s->off, n);
+        s->off += n;
+        if (s->off == s->len) {
+            s->off = s->len = 0;
+            if (s->cap > STREAM_KEEP_BUF) /* idle subscribers keep little */
+                stream_drop_queue(s);
+        }
+        ret = (ssize_t)n;
+    } else if (!s->open) {
+        ret = MHD_CONTENT_READER_END_OF_STREAM;
+    } else if (stream_peer_closed(s->conn)) {
+        s->open = false;
+        s->aborted = true;
+        ret = MHD_CONTENT_READER_END_WITH_ERROR;
+    } else {
+        s->suspended = true;
+        MHD_suspend_connection(s->conn);
+        ret = 0;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+/* The connection is done with the stream (the response is freed, or the
+ * request ended before its response was made): drop its reference. */
+static void stream_conn_done(void *cls)
+{
+    m2m_stream *s = cls;
+
+    pthread_mutex_lock(&s->lock);
+    m2m_http_server *srv = s->srv;
+    s->srv = NULL;
+    s->conn = NULL;
+    s->open = false;
+    s->suspended = false;
+    stream_drop_queue(s);
+    pthread_mutex_unlock(&s->lock);
+    if (srv) {
+        /* Off the list before the reference goes: the stop's walk takes
+         * references under streams_lock. */
+        pthread_mutex_lock(&srv->streams_lock);
+        if (s->prev)
+            s->prev->next = s->next;
+        else
+            srv->streams = s->next;
+        if (s->next)
+            s->next->prev = s->prev;
+        s->prev = s->next = NULL;
+        pthread_mutex_unlock(&srv->streams_lock);
+    }
+    stream_unref(s);
+}
+
+/* Closes every open stream (each connection resumes, drains and ends) and
+ * makes new ones start closed. */
+static void streams_close_all(m2m_http_server *srv)
+{
+    for (;;) {
+        m2m_stream *batch[64];
+        size_t n = 0;
+        pthread_mutex_lock(&srv->streams_lock);
+        srv->streams_closing = true;
+        for (m2m_stream *s = srv->streams; s && n < 64; s = s->next) {
+            pthread_mutex_lock(&s->lock);
+            if (s->open) {
+                s->refs++;
+                batch[n++] = s;
+            }
+            pthread_mutex_unlock(&s->lock);
+        }
+        pthread_mutex_unlock(&srv->streams_lock);
+        if (n == 0)
+            return;
+        for (size_t i = 0; i < n; i++) {
+            m2m_stream_close(batch[i]);
+            stream_unref(batch[i]);
+        }
+    }
 }
 
 /* ---- MHD glue --------------------------------------------------------- */
@@ -316,8 +618,7 @@ static void req_set_ctype(m2m_req *r)
         return;
     while (*ct == ' ' || *ct == '\t')
         ct++;
-    for (; ct[i] && ct[i] != ';' && ct[i] != ' ' && ct[i] != '\t' && i < sizeof(r->ctype) - 1;
-         i++)
+    for (; ct[i] && ct[i] != ';' && ct[i] != ' ' && ct[i] != '\t' && i < sizeof(r->ctype) - 1; i++)
         r->ctype[i] = (char)tolower((unsigned char)ct[i]);
     r->ctype[i] = '\0';
 }
@@ -347,27 +648,45 @@ static void req_free(m2m_req *r)
         free(r->extra[i].value);
     }
     free(r->reply_body);
+    if (r->stream) /* never handed to a response */
+        stream_conn_done(r->stream);
+    free(r->stream_ctype);
     free(r);
 }
 
 static enum MHD_Result req_queue(m2m_req *r)
 {
-    struct MHD_Response *resp = MHD_create_response_from_buffer(r->reply_len, r->reply_body,
-                                                                MHD_RESPMEM_MUST_FREE);
-    if (!resp)
-        return MHD_NO;
-    r->reply_body = NULL; /* owned by the response now */
+    struct MHD_Response *resp;
+    bool streaming = r->stream != NULL;
+    if (streaming) {
+        /* Unknown size: chunked for HTTP/1.1, until the reader ends it. */
+        resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, STREAM_BLOCK, stream_reader,
+                                                 r->stream, stream_conn_done);
+        if (!resp)
+            return MHD_NO; /* req_free drops the stream */
+        r->stream = NULL;  /* the response holds the connection's reference now */
+    } else {
+        resp = MHD_create_response_from_buffer(r->reply_len, r->reply_body, MHD_RESPMEM_MUST_FREE);
+        if (!resp)
+            return MHD_NO;
+        r->reply_body = NULL; /* owned by the response now */
+    }
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, r->reply_ctype);
     MHD_add_response_header(resp, "X-Request-Id", r->id);
-    bool has_cache_control = false;
+    bool has_cache_control = false, has_accel = false;
     for (size_t i = 0; i < r->nextra; i++) {
         MHD_add_response_header(resp, r->extra[i].name, r->extra[i].value);
         if (strcasecmp(r->extra[i].name, "Cache-Control") == 0)
             has_cache_control = true;
+        if (strcasecmp(r->extra[i].name, "X-Accel-Buffering") == 0)
+            has_accel = true;
     }
     /* An auth server's answers are about credentials: never cache by default. */
     if (!has_cache_control)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+    /* nginx would otherwise hold events back in its proxy buffer */
+    if (streaming && !has_accel)
+        MHD_add_response_header(resp, "X-Accel-Buffering", "no");
     enum MHD_Result ret = MHD_queue_response(r->conn, (unsigned)r->status, resp);
     MHD_destroy_response(resp);
     return ret;
@@ -403,9 +722,8 @@ out:
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload_data, size_t *upload_data_size,
-                                  void **con_cls)
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
 {
     m2m_http_server *srv = cls;
     m2m_req *r = *con_cls;
@@ -573,13 +891,13 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (!r)
         return;
     clock_gettime(CLOCK_MONOTONIC, &end);
-    double secs = (double)(end.tv_sec - r->start.tv_sec) +
-                  (double)(end.tv_nsec - r->start.tv_nsec) / 1e9;
+    double secs =
+        (double)(end.tv_sec - r->start.tv_sec) + (double)(end.tv_nsec - r->start.tv_nsec) / 1e9;
     int status = r->replied ? r->status : 499; /* client went away before a reply */
     if (srv->cfg.metrics)
         m2m_metrics_observe(srv->cfg.metrics, r->metric, status, secs);
-    bool log_it = srv->cfg.access_log || status >= 400 ||
-                  toe != MHD_REQUEST_TERMINATED_COMPLETED_OK;
+    bool log_it =
+        srv->cfg.access_log || status >= 400 || toe != MHD_REQUEST_TERMINATED_COMPLETED_OK;
     if (log_it && m2m_log_enabled(M2M_LOG_INFO)) {
         m2m_log_set_request_id(r->id);
         json_t *f = json_pack("{s:s, s:s, s:i, s:f, s:I}", "method", r->method, "route",
@@ -596,8 +914,11 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         m2m_log_event(status >= 500 ? M2M_LOG_WARN : M2M_LOG_INFO, "http_request", f);
         m2m_log_set_request_id(NULL);
     }
+    bool streamed = r->streamed;
     req_free(r);
     *con_cls = NULL;
+    if (streamed)
+        atomic_fetch_sub(&srv->inflight_streams, 1);
     atomic_fetch_sub(&srv->inflight, 1);
 }
 
@@ -646,6 +967,7 @@ m2m_err m2m_http_server_start(const m2m_http_cfg *cfg, m2m_http_server **out)
 
     if (!s)
         return M2M_ERR_NOMEM;
+    pthread_mutex_init(&s->streams_lock, NULL);
     s->cfg = *cfg;
     if (!s->cfg.threads) {
         /* One event thread per CPU: they never block, so more only adds
@@ -660,8 +982,8 @@ m2m_err m2m_http_server_start(const m2m_http_cfg *cfg, m2m_http_server **out)
         goto out;
     }
     for (size_t i = 0; i < cfg->nroutes; i++)
-        s->route_metric[i] = cfg->metrics ? m2m_metrics_route(cfg->metrics, cfg->routes[i].pattern)
-                                          : -1;
+        s->route_metric[i] =
+            cfg->metrics ? m2m_metrics_route(cfg->metrics, cfg->routes[i].pattern) : -1;
     s->metric_unrouted = cfg->metrics ? m2m_metrics_route(cfg->metrics, "(none)") : -1;
     rc = m2m_rand_bytes(rnd, sizeof(rnd));
     if (rc)
@@ -677,7 +999,7 @@ m2m_err m2m_http_server_start(const m2m_http_cfg *cfg, m2m_http_server **out)
         goto out;
     }
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG |
-                     MHD_USE_ITC | /* ITC: needed by MHD_quiesce_daemon */
+                     MHD_USE_ITC |             /* ITC: needed by MHD_quiesce_daemon */
                      MHD_ALLOW_SUSPEND_RESUME; /* deferred handlers */
     /* The logger goes first so MHD reports nothing outside our JSON logs; a
      * pool of one is no pool (MHD warns), so the pool option is only given
@@ -690,8 +1012,8 @@ m2m_err m2m_http_server_start(const m2m_http_cfg *cfg, m2m_http_server **out)
         {MHD_OPTION_PER_IP_CONNECTION_LIMIT, (intptr_t)cfg->per_ip_limit, NULL},
         {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, s},
         {MHD_OPTION_UNESCAPE_CALLBACK, (intptr_t)on_unescape, NULL},
-        {cfg->threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END,
-         (intptr_t)cfg->threads, NULL},
+        {cfg->threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, (intptr_t)cfg->threads,
+         NULL},
         {MHD_OPTION_END, 0, NULL},
     };
     rc = pool_start(s);
@@ -710,6 +1032,7 @@ out:
         if (pool_started)
             pool_stop(&s->pool);
         free(s->route_metric);
+        pthread_mutex_destroy(&s->streams_lock);
         free(s);
         s = NULL;
     }
@@ -727,11 +1050,21 @@ void m2m_http_server_stop(m2m_http_server *s)
 {
     if (!s)
         return;
-    /* Stop accepting, let requests already started send their replies (up
-     * to 10 s; idle keep-alive connections are not waited for), then stop.
-     * The quiesced listening socket is ours to close. */
+    /* Stop accepting, end the streams (their parked connections resume,
+     * send what is queued and end the body: MHD must not be stopped with a
+     * suspended connection), let requests already started send their
+     * replies (up to 10 s; idle keep-alive connections are not waited for;
+     * streams whose peer does not read what is left are not waited for
+     * after 2 s: MHD_stop_daemon closes them), then stop. The quiesced
+     * listening socket is ours to close. */
     MHD_socket lfd = MHD_quiesce_daemon(s->mhd);
-    for (int i = 0; i < 1000 && atomic_load(&s->inflight) > 0; i++) {
+    streams_close_all(s);
+    for (int ms = 0; ms < STOP_WAIT_MS; ms += 10) {
+        int busy = atomic_load(&s->inflight);
+        if (ms >= STOP_STREAM_WAIT_MS)
+            busy -= atomic_load(&s->inflight_streams);
+        if (busy <= 0)
+            break;
         struct timespec ts = {0, 10 * 1000000L};
         nanosleep(&ts, NULL);
     }
@@ -739,6 +1072,18 @@ void m2m_http_server_stop(m2m_http_server *s)
     MHD_stop_daemon(s->mhd);
     if (lfd != MHD_INVALID_SOCKET)
         close(lfd);
+    /* Every connection has ended, so every stream has left the list; the
+     * callers' references may outlive the server. */
+    pthread_mutex_lock(&s->streams_lock);
+    if (s->streams)
+        M2M_ERROR("http_stream_leak", "a stream outlived its connection");
+    for (m2m_stream *st = s->streams; st; st = st->next) {
+        pthread_mutex_lock(&st->lock);
+        st->srv = NULL;
+        pthread_mutex_unlock(&st->lock);
+    }
+    pthread_mutex_unlock(&s->streams_lock);
+    pthread_mutex_destroy(&s->streams_lock);
     free(s->route_metric);
     free(s);
 }

@@ -2,12 +2,15 @@
  * (exact, "*" captures, several methods per path), request accessors, body
  * caps (Content-Length and chunked), request ids, JSON replies from the error
  * table, default headers, the access log, metrics, keep-alive, a handler that
- * forgets to reply, stopping with a request in flight, and concurrency. */
+ * forgets to reply, stopping with a request in flight, concurrency, and
+ * streaming replies (Server-Sent Events): order, idle cost, broadcast, a
+ * peer that goes away, a slow consumer, closing, stopping with streams. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <ctype.h>
+#include <errno.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +21,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <poll.h>
 #include <regex.h>
 #include <sys/socket.h>
 #include <cmocka.h>
@@ -223,7 +227,55 @@ static void h_defer_noreply(m2m_req *r, void *ctx)
     m2m_req_defer(r, h_pool_noreply);
 }
 
+/* Streams made by the handlers below, for the tests to send on (the
+ * registry holds the caller's reference). */
+#define REG_MAX 256
+static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
+static m2m_stream *reg[REG_MAX];
+static int reg_n;
+static atomic_int stream_defer_entered;
+
+static void stream_register(m2m_req *r)
+{
+    m2m_stream *s = m2m_reply_stream(r, "text/event-stream");
+    if (!s)
+        return;
+    /* sent before the reply is even queued */
+    const char *hello = m2m_req_may_block(r) ? ": pool\n\n" : ": event\n\n";
+    m2m_stream_send(s, hello, strlen(hello));
+    pthread_mutex_lock(&reg_lock);
+    if (reg_n < REG_MAX) {
+        reg[reg_n++] = s;
+        s = NULL;
+    }
+    pthread_mutex_unlock(&reg_lock);
+    m2m_stream_release(s);
+}
+
+static void h_stream(m2m_req *r, void *ctx)
+{
+    (void)ctx;
+    stream_register(r);
+}
+
+/* The same from a blocking thread, after ?ms= milliseconds there. */
+static void h_stream_defer(m2m_req *r, void *ctx)
+{
+    (void)ctx;
+    if (!m2m_req_may_block(r)) {
+        m2m_req_defer(r, h_stream_defer);
+        return;
+    }
+    atomic_store(&stream_defer_entered, 1);
+    const char *ms = m2m_req_query(r, "ms");
+    if (ms)
+        usleep(1000 * (useconds_t)atoi(ms));
+    stream_register(r);
+}
+
 static const m2m_route routes[] = {
+    {"GET", "/stream", h_stream, 0},
+    {"GET", "/stream-defer", h_stream_defer, 0},
     {"GET", "/defer", h_defer, 0},
     {"GET", "/defer-noreply", h_defer_noreply, 0},
     {"GET", "/json", h_json, 0},
@@ -1759,6 +1811,731 @@ static void test_defer_queue_full_is_503(void **state)
     m2m_http_server_stop(busy);
 }
 
+/* ---- tests: streaming replies ------------------------------------------- */
+
+static int reg_count(void)
+{
+    pthread_mutex_lock(&reg_lock);
+    int n = reg_n;
+    pthread_mutex_unlock(&reg_lock);
+    return n;
+}
+
+/* Waits until n streams are registered. */
+static void reg_wait(int n)
+{
+    for (int i = 0; i < 1000 && reg_count() < n; i++)
+        usleep(5000);
+    if (reg_count() < n)
+        fail_msg("%d streams registered, want %d", reg_count(), n);
+}
+
+static m2m_stream *reg_get(int i)
+{
+    pthread_mutex_lock(&reg_lock);
+    m2m_stream *s = i < reg_n ? reg[i] : NULL;
+    pthread_mutex_unlock(&reg_lock);
+    return s;
+}
+
+static void reg_release_all(void)
+{
+    m2m_stream *all[REG_MAX];
+    pthread_mutex_lock(&reg_lock);
+    int n = reg_n;
+    memcpy(all, reg, sizeof(all));
+    reg_n = 0;
+    pthread_mutex_unlock(&reg_lock);
+    for (int i = 0; i < n; i++)
+        m2m_stream_release(all[i]);
+}
+
+/* A subscriber on a raw socket that de-chunks what it reads. */
+typedef struct {
+    int fd;
+    m2m_buf raw; /* everything received */
+    size_t pos;  /* parsed up to here */
+    bool have_head;
+    char head[2048]; /* status line and headers, each ending in CRLF */
+    bool chunked;
+    m2m_buf body; /* the body, de-chunked */
+    bool ended;   /* the last chunk arrived: the body ended cleanly */
+    bool eof;     /* the server closed (or reset) the connection */
+} sse_client;
+
+static void sse_connect(sse_client *c, unsigned port, int rcvbuf, const char *req)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    memset(c, 0, sizeof(*c));
+    m2m_buf_init(&c->raw, 64u << 20);
+    m2m_buf_init(&c->body, 64u << 20);
+    c->fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(c->fd >= 0);
+    if (rcvbuf) /* before connect, so that the window is small from the start */
+        assert_int_equal(setsockopt(c->fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf)), 0);
+    assert_int_equal(connect(c->fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    assert_int_equal(send(c->fd, req, strlen(req), MSG_NOSIGNAL), (ssize_t)strlen(req));
+}
+
+static void sse_open(sse_client *c, unsigned port, const char *path, const char *rid, int rcvbuf)
+{
+    char req[512];
+    snprintf(req, sizeof(req),
+             "GET %s HTTP/1.1\r\nHost: unit\r\nAccept: text/event-stream\r\n%s%s%s\r\n", path,
+             rid ? "X-Request-Id: " : "", rid ? rid : "", rid ? "\r\n" : "");
+    sse_connect(c, port, rcvbuf, req);
+}
+
+static void sse_parse(sse_client *c)
+{
+    const char *d = c->raw.data;
+    size_t len = c->raw.len;
+
+    if (!d)
+        return;
+    if (!c->have_head) {
+        const char *e = memmem(d, len, "\r\n\r\n", 4);
+        if (!e)
+            return;
+        size_t hl = (size_t)(e - d) + 2;
+        if (hl >= sizeof(c->head))
+            fail_msg("reply headers too long");
+        memcpy(c->head, d, hl);
+        c->head[hl] = '\0';
+        c->have_head = true;
+        c->chunked = strcasestr(c->head, "\r\nTransfer-Encoding: chunked\r\n") != NULL;
+        c->pos = hl + 2;
+    }
+    if (!c->chunked) { /* the body runs until the connection closes */
+        assert_int_equal(m2m_buf_append(&c->body, d + c->pos, len - c->pos), M2M_OK);
+        c->pos = len;
+        return;
+    }
+    while (!c->ended) {
+        const char *p = d + c->pos;
+        size_t left = len - c->pos;
+        const char *crlf = memmem(p, left, "\r\n", 2);
+        char *end;
+        if (!crlf)
+            return;
+        unsigned long size = strtoul(p, &end, 16);
+        if (end == p)
+            fail_msg("bad chunk header: %.16s", p);
+        size_t hdr = (size_t)(crlf - p) + 2;
+        if (left < hdr + size + 2)
+            return;
+        if (memcmp(p + hdr + size, "\r\n", 2) != 0)
+            fail_msg("chunk of %lu bytes not followed by CRLF", size);
+        if (size == 0) /* the last chunk, no trailers */
+            c->ended = true;
+        else
+            assert_int_equal(m2m_buf_append(&c->body, p + hdr, size), M2M_OK);
+        c->pos += hdr + size + 2;
+    }
+}
+
+/* Reads what arrives within timeout_ms. */
+static void sse_pump(sse_client *c, int timeout_ms)
+{
+    struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
+    char buf[65536];
+
+    if (c->eof || poll(&pfd, 1, timeout_ms) <= 0)
+        return;
+    ssize_t n = recv(c->fd, buf, sizeof(buf), MSG_DONTWAIT);
+    if (n > 0) {
+        assert_int_equal(m2m_buf_append(&c->raw, buf, (size_t)n), M2M_OK);
+        sse_parse(c);
+    } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+        c->eof = true;
+    }
+}
+
+static bool sse_has(const sse_client *c, const char *needle)
+{
+    return c->body.data && strstr(c->body.data, needle);
+}
+
+/* Pumps until the body holds needle; false after timeout_ms or at the end. */
+static bool sse_wait_for(sse_client *c, const char *needle, int timeout_ms)
+{
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    while (!sse_has(c, needle)) {
+        if (c->eof || c->ended || since_ms(&t0) > timeout_ms)
+            return false;
+        sse_pump(c, 20);
+    }
+    return true;
+}
+
+/* Pumps until the body ends cleanly or the connection closes. */
+static bool sse_wait_end(sse_client *c, int timeout_ms)
+{
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    while (!c->ended && !c->eof) {
+        if (since_ms(&t0) > timeout_ms)
+            return false;
+        sse_pump(c, 20);
+    }
+    return true;
+}
+
+static void sse_close(sse_client *c)
+{
+    if (c->fd >= 0)
+        close(c->fd);
+    c->fd = -1;
+    m2m_buf_free(&c->raw);
+    m2m_buf_free(&c->body);
+}
+
+static void sse_check_head(const sse_client *c)
+{
+    if (strncmp(c->head, "HTTP/1.1 200 ", 13) != 0)
+        fail_msg("stream reply: %s", c->head);
+    assert_non_null(strcasestr(c->head, "\r\nContent-Type: text/event-stream\r\n"));
+    assert_non_null(strcasestr(c->head, "\r\nCache-Control: no-store\r\n"));
+    assert_non_null(strcasestr(c->head, "\r\nX-Accel-Buffering: no\r\n"));
+    assert_null(strcasestr(c->head, "\r\nContent-Length:"));
+    assert_true(c->chunked);
+}
+
+/* A subscriber on libcurl, in its own thread. */
+typedef struct {
+    unsigned port;
+    const char *path;
+    const char *rid;
+    pthread_t th;
+    pthread_mutex_t lock;
+    m2m_buf body; /* under lock while the thread runs */
+    resp r;       /* headers, status and result: read after the join */
+} curl_sse;
+
+static size_t curl_sse_body(char *p, size_t size, size_t n, void *ud)
+{
+    curl_sse *c = ud;
+    pthread_mutex_lock(&c->lock);
+    m2m_err rc = m2m_buf_append(&c->body, p, size * n);
+    pthread_mutex_unlock(&c->lock);
+    return rc == M2M_OK ? size * n : 0;
+}
+
+static void *curl_sse_main(void *arg)
+{
+    curl_sse *c = arg;
+    char url[256], rid[128];
+    struct curl_slist *list = NULL;
+    CURL *h = curl_easy_init();
+
+    snprintf(url, sizeof(url), "http://127.0.0.1:%u%s", c->port, c->path);
+    snprintf(rid, sizeof(rid), "X-Request-Id: %s", c->rid);
+    list = curl_slist_append(list, rid);
+    list = curl_slist_append(list, "Accept: text/event-stream");
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, list);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, curl_sse_body);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, c);
+    curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(h, CURLOPT_HEADERDATA, &c->r);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT, 20L);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    c->r.rc = curl_easy_perform(h);
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &c->r.status);
+    curl_slist_free_all(list);
+    curl_easy_cleanup(h);
+    return NULL;
+}
+
+static void curl_sse_start(curl_sse *c, unsigned port, const char *path, const char *rid)
+{
+    memset(c, 0, sizeof(*c));
+    c->port = port;
+    c->path = path;
+    c->rid = rid;
+    pthread_mutex_init(&c->lock, NULL);
+    m2m_buf_init(&c->body, 16u << 20);
+    assert_int_equal(pthread_create(&c->th, NULL, curl_sse_main, c), 0);
+}
+
+static bool curl_sse_has(curl_sse *c, const char *needle)
+{
+    pthread_mutex_lock(&c->lock);
+    bool has = c->body.data && strstr(c->body.data, needle);
+    pthread_mutex_unlock(&c->lock);
+    return has;
+}
+
+static bool curl_sse_wait_for(curl_sse *c, const char *needle, int timeout_ms)
+{
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    while (!curl_sse_has(c, needle)) {
+        if (since_ms(&t0) > timeout_ms)
+            return false;
+        usleep(1000);
+    }
+    return true;
+}
+
+static void curl_sse_free(curl_sse *c)
+{
+    m2m_buf_free(&c->body);
+    pthread_mutex_destroy(&c->lock);
+}
+
+/* Events sent by the test thread arrive in order, one by one (each before
+ * the next is sent) and in a burst, after the handler's own first event;
+ * m2m_stream_close ends the body cleanly. From a handler on the event
+ * thread and from a deferred one. The access log and metrics see a 200. */
+static void test_stream_events_in_order(void **state)
+{
+    const char *paths[] = {"/stream", "/stream-defer"};
+    const char *hellos[] = {": event\n\n", ": pool\n\n"};
+    const char *rids[] = {"sse-order-event", "sse-order-pool"};
+    (void)state;
+
+    for (int k = 0; k < 2; k++) {
+        curl_sse c;
+        m2m_buf want;
+        char ev[96];
+
+        m2m_buf_init(&want, 1u << 20);
+        m2m_buf_appends(&want, hellos[k]);
+        curl_sse_start(&c, srv_port, paths[k], rids[k]);
+        reg_wait(1);
+        m2m_stream *s = reg_get(0);
+        if (!curl_sse_wait_for(&c, hellos[k], 3000))
+            fail_msg("the handler's first event did not arrive on %s", paths[k]);
+        for (int i = 1; i <= 20; i++) {
+            snprintf(ev, sizeof(ev), "id: %d\ndata: {\"rate\":%d}\n\n", i, i);
+            assert_int_equal(m2m_stream_send(s, ev, strlen(ev)), M2M_OK);
+            m2m_buf_appends(&want, ev);
+            if (!curl_sse_wait_for(&c, ev, 3000))
+                fail_msg("event %d did not arrive on %s", i, paths[k]);
+        }
+        for (int i = 21; i <= 300; i++) {
+            snprintf(ev, sizeof(ev), "id: %d\ndata: {\"rate\":%d}\n\n", i, i);
+            assert_int_equal(m2m_stream_send(s, ev, strlen(ev)), M2M_OK);
+            m2m_buf_appends(&want, ev);
+        }
+        assert_int_equal(m2m_stream_send(s, "", 0), M2M_OK);
+        assert_true(m2m_stream_is_open(s));
+        m2m_stream_close(s);
+        assert_false(m2m_stream_is_open(s));
+        assert_int_equal(m2m_stream_send(s, "data: late\n\n", 12), M2M_ERR_IO);
+        m2m_stream_close(s); /* twice is harmless */
+        assert_int_equal(pthread_join(c.th, NULL), 0);
+        if (c.r.rc != CURLE_OK)
+            fail_msg("%s: %s", paths[k], curl_easy_strerror(c.r.rc));
+        assert_int_equal(c.r.status, 200);
+        assert_string_equal(header(&c.r, "Content-Type"), "text/event-stream");
+        assert_null(header(&c.r, "Content-Length"));
+        assert_string_equal(header(&c.r, "Transfer-Encoding"), "chunked");
+        assert_string_equal(header(&c.r, "Cache-Control"), "no-store");
+        assert_string_equal(header(&c.r, "X-Accel-Buffering"), "no");
+        assert_string_equal(header(&c.r, "X-Request-Id"), rids[k]);
+        assert_int_equal(c.body.len, want.len);
+        assert_memory_equal(c.body.data, want.data, want.len);
+        reg_release_all();
+
+        json_t *line = find_log("http_request", rids[k]);
+        assert_non_null(line);
+        assert_int_equal(json_integer_value(json_object_get(line, "status")), 200);
+        assert_string_equal(jstr(line, "route"), paths[k]);
+        assert_null(json_object_get(line, "aborted"));
+        json_decref(line);
+        char series[128], *t = render(srv_metrics);
+        snprintf(series, sizeof(series), "unit_http_requests_total{route=\"%s\",status=\"200\"}",
+                 paths[k]);
+        assert_true(metric(t, series) == 1);
+        free(t);
+        m2m_buf_free(&want);
+        curl_sse_free(&c);
+    }
+}
+
+/* HTTP/1.0 has no chunks: the body runs until the connection closes. */
+static void test_stream_http10(void **state)
+{
+    sse_client c;
+    (void)state;
+
+    sse_connect(&c, srv_port, 0, "GET /stream HTTP/1.0\r\n\r\n");
+    reg_wait(1);
+    m2m_stream *s = reg_get(0);
+    assert_true(sse_wait_for(&c, ": event\n\n", 3000));
+    assert_false(c.chunked);
+    assert_null(strcasestr(c.head, "\r\nContent-Length:"));
+    assert_int_equal(m2m_stream_send(s, "data: a\n\n", 9), M2M_OK);
+    assert_true(sse_wait_for(&c, "data: a\n\n", 3000));
+    assert_int_equal(m2m_stream_send(s, "data: b\n\n", 9), M2M_OK);
+    m2m_stream_close(s);
+    assert_true(sse_wait_end(&c, 3000));
+    assert_true(c.eof);
+    assert_string_equal(c.body.data, ": event\n\ndata: a\n\ndata: b\n\n");
+    sse_close(&c);
+    reg_release_all();
+}
+
+#define IDLE_SUBS 100
+
+/* 100 parked subscribers (half from deferred handlers) cost no CPU; one
+ * broadcast reaches them all; closing ends every body cleanly. */
+static void test_stream_idle_subscribers(void **state)
+{
+    sse_client *c = calloc(IDLE_SUBS, sizeof(*c));
+    const char *tick = "event: rate\ndata: {\"EUR\":1.0842}\n\n";
+    struct timespec c0, c1, t0;
+    (void)state;
+
+    assert_non_null(c);
+    for (int i = 0; i < IDLE_SUBS; i++)
+        sse_open(&c[i], srv_port, i % 2 ? "/stream-defer" : "/stream", NULL, 0);
+    reg_wait(IDLE_SUBS);
+    for (int i = 0; i < IDLE_SUBS; i++) {
+        if (!sse_wait_for(&c[i], i % 2 ? ": pool\n\n" : ": event\n\n", 3000))
+            fail_msg("subscriber %d got no first event", i);
+        sse_check_head(&c[i]);
+    }
+    usleep(200 * 1000);
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
+    usleep(1000 * 1000);
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
+    double cpu_ms = (double)(c1.tv_sec - c0.tv_sec) * 1e3 + (double)(c1.tv_nsec - c0.tv_nsec) / 1e6;
+    printf("# %d idle subscribers: %.3f ms of process CPU in 1 s\n", IDLE_SUBS, cpu_ms);
+    if (cpu_ms >= 50)
+        fail_msg("%d idle subscribers used %.1f ms of CPU in 1 s", IDLE_SUBS, cpu_ms);
+
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (int i = 0; i < IDLE_SUBS; i++)
+        assert_int_equal(m2m_stream_send(reg_get(i), tick, strlen(tick)), M2M_OK);
+    for (int i = 0; i < IDLE_SUBS; i++)
+        if (!sse_wait_for(&c[i], tick, 5000))
+            fail_msg("subscriber %d missed the broadcast", i);
+    printf("# broadcast to %d subscribers received by all in %.1f ms\n", IDLE_SUBS, since_ms(&t0));
+
+    for (int i = 0; i < IDLE_SUBS; i++)
+        m2m_stream_close(reg_get(i));
+    for (int i = 0; i < IDLE_SUBS; i++) {
+        assert_true(sse_wait_end(&c[i], 5000));
+        assert_true(c[i].ended);
+        char want[128];
+        snprintf(want, sizeof(want), "%s%s", i % 2 ? ": pool\n\n" : ": event\n\n", tick);
+        assert_string_equal(c[i].body.data, want);
+        sse_close(&c[i]);
+    }
+    reg_release_all();
+    free(c);
+}
+
+/* A subscriber that goes away is noticed at the next ping: the send after
+ * it returns M2M_ERR_IO. A plain close and a reset. The access log marks the
+ * request aborted. */
+static void test_stream_peer_gone(void **state)
+{
+    const char *rids[] = {"sse-gone-close", "sse-gone-reset"};
+    (void)state;
+
+    for (int k = 0; k < 2; k++) {
+        sse_client c;
+        sse_open(&c, srv_port, "/stream", rids[k], 0);
+        reg_wait(1);
+        m2m_stream *s = reg_get(0);
+        assert_true(sse_wait_for(&c, ": event\n\n", 3000));
+        if (k == 1) {
+            struct linger lg = {.l_onoff = 1, .l_linger = 0};
+            setsockopt(c.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+        }
+        sse_close(&c);
+        usleep(50 * 1000);
+        assert_true(m2m_stream_is_open(s)); /* parked: nothing noticed yet */
+
+        struct timespec t0;
+        int pings = 0;
+        m2m_err rc;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        while ((rc = m2m_stream_send(s, ": ping\n\n", 8)) == M2M_OK && since_ms(&t0) < 3000) {
+            pings++;
+            usleep(20 * 1000);
+        }
+        printf("# peer gone (%s) noticed after %d ping(s), %.0f ms\n", k ? "reset" : "close", pings,
+               since_ms(&t0));
+        assert_int_equal(rc, M2M_ERR_IO);
+        assert_in_range(pings, 1, 3);
+        assert_false(m2m_stream_is_open(s));
+        reg_release_all();
+
+        json_t *line = find_log("http_request", rids[k]);
+        assert_non_null(line);
+        assert_int_equal(json_integer_value(json_object_get(line, "status")), 200);
+        assert_true(json_is_true(json_object_get(line, "aborted")));
+        json_decref(line);
+    }
+}
+
+/* A consumer that keeps up gets 4 MiB; one that stops reading is cut off
+ * with PAYLOAD_TOO_LARGE once more than 64 KiB wait unsent, and its body
+ * does not end cleanly. */
+static void test_stream_slow_consumer(void **state)
+{
+    char ev[1024];
+    sse_client c;
+    size_t sent;
+    struct timespec t0;
+    (void)state;
+
+    memset(ev, 'x', sizeof(ev));
+    memcpy(ev, "data: ", 6);
+    ev[sizeof(ev) - 2] = '\n';
+    ev[sizeof(ev) - 1] = '\n';
+
+    sse_open(&c, srv_port, "/stream", NULL, 0);
+    reg_wait(1);
+    m2m_stream *s = reg_get(0);
+    assert_true(sse_wait_for(&c, ": event\n\n", 3000));
+    sent = c.body.len;
+    for (int i = 0; i < 4096; i++) {
+        assert_int_equal(m2m_stream_send(s, ev, sizeof(ev)), M2M_OK);
+        sent += sizeof(ev);
+        if (i % 16 != 15)
+            continue;
+        /* never more than 16 KiB ahead of the reader */
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        while (c.body.len < sent) {
+            if (c.eof || since_ms(&t0) > 5000)
+                fail_msg("the reader fell behind at %zu of %zu bytes", c.body.len, sent);
+            sse_pump(&c, 100);
+        }
+    }
+    m2m_stream_close(s);
+    assert_true(sse_wait_end(&c, 5000));
+    assert_true(c.ended);
+    assert_int_equal(c.body.len, sent);
+    sse_close(&c);
+    reg_release_all();
+
+    sse_open(&c, srv_port, "/stream", NULL, 4096);
+    reg_wait(1);
+    s = reg_get(0);
+    assert_true(sse_wait_for(&c, ": event\n\n", 3000));
+    m2m_err rc = M2M_OK;
+    sent = 0;
+    while (sent < (64u << 20) && (rc = m2m_stream_send(s, ev, sizeof(ev))) == M2M_OK) {
+        sent += sizeof(ev);
+        if (sent % (16 * 1024) == 0)
+            usleep(1000); /* the connection takes what the socket does */
+    }
+    printf("# a consumer that stopped reading was cut off after %zu KiB\n", sent / 1024);
+    assert_int_equal(rc, M2M_ERR_PAYLOAD_TOO_LARGE);
+    assert_true(sent >= M2M_STREAM_MAX_PENDING);
+    assert_false(m2m_stream_is_open(s));
+    assert_int_equal(m2m_stream_send(s, "data: 1\n\n", 9), M2M_ERR_IO);
+    /* reading again: what the connection held, then a close without the
+     * last chunk */
+    assert_true(sse_wait_end(&c, 5000));
+    assert_true(c.eof);
+    assert_false(c.ended);
+    assert_true(c.body.len < sent);
+    sse_close(&c);
+    reg_release_all();
+}
+
+#define SEND_THREADS 4
+#define SEND_EACH    400
+
+typedef struct {
+    m2m_stream *s;
+    int id;
+    atomic_int *go;
+    int failures;
+} sender_arg;
+
+static void *sender_main(void *arg)
+{
+    sender_arg *a = arg;
+    char ev[64];
+    while (!atomic_load(a->go))
+        ;
+    for (int i = 0; i < SEND_EACH; i++) {
+        int n = snprintf(ev, sizeof(ev), "data: %d %d\n\n", a->id, i);
+        if (m2m_stream_send(a->s, ev, (size_t)n) != M2M_OK)
+            a->failures++;
+        if (i % 50 == 0)
+            usleep(500); /* let the connection park now and then */
+    }
+    return NULL;
+}
+
+/* Several threads send on one stream at once while its connection parks
+ * and resumes: every event arrives whole, each thread's in its order. */
+static void test_stream_concurrent_senders(void **state)
+{
+    sse_client c;
+    pthread_t th[SEND_THREADS];
+    sender_arg args[SEND_THREADS];
+    atomic_int go = 0;
+    int next[SEND_THREADS] = {0};
+    (void)state;
+
+    sse_open(&c, srv_port, "/stream-defer", NULL, 0);
+    reg_wait(1);
+    m2m_stream *s = reg_get(0);
+    assert_true(sse_wait_for(&c, ": pool\n\n", 3000));
+    for (int i = 0; i < SEND_THREADS; i++) {
+        args[i] = (sender_arg){s, i, &go, 0};
+        assert_int_equal(pthread_create(&th[i], NULL, sender_main, &args[i]), 0);
+    }
+    atomic_store(&go, 1);
+    for (int i = 0; i < SEND_THREADS; i++) {
+        assert_int_equal(pthread_join(th[i], NULL), 0);
+        assert_int_equal(args[i].failures, 0);
+    }
+    m2m_stream_close(s);
+    assert_true(sse_wait_end(&c, 5000));
+    assert_true(c.ended);
+    const char *p = c.body.data + strlen(": pool\n\n");
+    for (int total = 0; total < SEND_THREADS * SEND_EACH; total++) {
+        int id, seq, used = 0;
+        if (sscanf(p, "data: %d %d\n\n%n", &id, &seq, &used) != 2 || used == 0)
+            fail_msg("event %d malformed: %.20s", total, p);
+        assert_in_range(id, 0, SEND_THREADS - 1);
+        assert_int_equal(seq, next[id]);
+        next[id]++;
+        p += used;
+    }
+    assert_int_equal(*p, '\0');
+    sse_close(&c);
+    reg_release_all();
+}
+
+/* Stopping the server with open streams (parked, from both kinds of
+ * handler, one on libcurl) ends each body cleanly after what was queued and
+ * completes at once; a stream made while the stop waits starts closed;
+ * streams outlive their server. */
+static void test_stream_stop_with_open_streams(void **state)
+{
+    server_ctx ctx = {0};
+    m2m_http_server *s = NULL;
+    sse_client c[4], late;
+    curl_sse cc;
+    struct timespec t0;
+    (void)state;
+
+    assert_int_equal(start_server(NULL, &ctx, 2, &s), M2M_OK);
+    unsigned port = m2m_http_server_port(s);
+    for (int i = 0; i < 4; i++)
+        sse_open(&c[i], port, i % 2 ? "/stream-defer" : "/stream", NULL, 0);
+    curl_sse_start(&cc, port, "/stream", "sse-stop-curl");
+    reg_wait(5);
+    for (int i = 0; i < 4; i++)
+        assert_true(sse_wait_for(&c[i], i % 2 ? ": pool\n\n" : ": event\n\n", 3000));
+    assert_true(curl_sse_wait_for(&cc, ": event\n\n", 3000));
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(m2m_stream_send(reg_get(i), "data: last\n\n", 12), M2M_OK);
+
+    atomic_store(&stream_defer_entered, 0);
+    sse_open(&late, port, "/stream-defer?ms=300", NULL, 0);
+    for (int i = 0; i < 400 && !atomic_load(&stream_defer_entered); i++)
+        usleep(5000);
+    assert_true(atomic_load(&stream_defer_entered));
+
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    m2m_http_server_stop(s);
+    double ms = since_ms(&t0);
+    printf("# stop with 6 streams open took %.1f ms\n", ms);
+    assert_true(ms < 2000);
+
+    for (int i = 0; i < 4; i++) {
+        assert_true(sse_wait_end(&c[i], 3000));
+        assert_true(c[i].ended);
+        assert_true(sse_has(&c[i], "data: last\n\n"));
+        sse_close(&c[i]);
+    }
+    assert_int_equal(pthread_join(cc.th, NULL), 0);
+    if (cc.r.rc != CURLE_OK)
+        fail_msg("curl subscriber: %s", curl_easy_strerror(cc.r.rc));
+    assert_int_equal(cc.r.status, 200);
+    assert_true(curl_sse_has(&cc, ": event\n\ndata: last\n\n"));
+    curl_sse_free(&cc);
+    assert_true(sse_wait_end(&late, 3000));
+    sse_check_head(&late);
+    assert_true(late.ended);
+    assert_int_equal(late.body.len, 0);
+    sse_close(&late);
+
+    assert_int_equal(reg_count(), 6);
+    for (int i = 0; i < 6; i++) {
+        assert_false(m2m_stream_is_open(reg_get(i)));
+        assert_int_equal(m2m_stream_send(reg_get(i), "x", 1), M2M_ERR_IO);
+    }
+    reg_release_all();
+}
+
+/* A subscriber that stops reading does not hold the stop for long: it is
+ * cut after 2 s, while a reading one still sees a clean end. */
+static void test_stream_stop_with_stuck_consumer(void **state)
+{
+    server_ctx ctx = {0};
+    m2m_http_server *s = NULL;
+    sse_client stuck, ok;
+    char ev[1024];
+    struct timespec t0;
+    (void)state;
+
+    memset(ev, 'z', sizeof(ev));
+    memcpy(ev, "data: ", 6);
+    ev[sizeof(ev) - 2] = '\n';
+    ev[sizeof(ev) - 1] = '\n';
+    assert_int_equal(start_server(NULL, &ctx, 2, &s), M2M_OK);
+    unsigned port = m2m_http_server_port(s);
+    sse_open(&stuck, port, "/stream", NULL, 4096);
+    reg_wait(1);
+    assert_true(sse_wait_for(&stuck, ": event\n\n", 3000));
+    sse_open(&ok, port, "/stream-defer", NULL, 0);
+    reg_wait(2);
+    assert_true(sse_wait_for(&ok, ": pool\n\n", 3000));
+    m2m_stream *st = reg_get(0);
+
+    /* fill the socket until the connection cannot take more: 32 KiB at a
+     * time whenever it has taken everything, until a backlog stays put */
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    size_t last = 0;
+    for (int stable = 0; stable < 50;) {
+        if (since_ms(&t0) > 20000)
+            fail_msg("the connection kept taking bytes");
+        size_t pending = m2m_stream_pending(st);
+        if (pending == 0) {
+            for (int i = 0; i < 32; i++)
+                assert_int_equal(m2m_stream_send(st, ev, sizeof(ev)), M2M_OK);
+            stable = 0;
+            continue;
+        }
+        stable = pending == last ? stable + 1 : 0;
+        last = pending;
+        usleep(2000);
+    }
+    assert_int_equal(m2m_stream_send(reg_get(1), "data: bye\n\n", 11), M2M_OK);
+
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    m2m_http_server_stop(s);
+    double ms = since_ms(&t0);
+    printf("# stop with a stuck subscriber took %.0f ms\n", ms);
+    assert_true(ms >= 1500 && ms < 4000);
+    assert_true(sse_wait_end(&ok, 3000));
+    assert_true(ok.ended);
+    assert_string_equal(ok.body.data, ": pool\n\ndata: bye\n\n");
+    assert_true(sse_wait_end(&stuck, 5000)); /* reading again: cut short */
+    assert_true(stuck.eof);
+    assert_false(stuck.ended);
+    assert_int_equal(m2m_stream_pending(st), 0);
+    sse_close(&ok);
+    sse_close(&stuck);
+    reg_release_all();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1794,6 +2571,14 @@ int main(void)
         cmocka_unit_test(test_stop_releases_port),
         cmocka_unit_test(test_start_errors),
         cmocka_unit_test(test_concurrent_requests),
+        cmocka_unit_test(test_stream_events_in_order),
+        cmocka_unit_test(test_stream_http10),
+        cmocka_unit_test(test_stream_idle_subscribers),
+        cmocka_unit_test(test_stream_peer_gone),
+        cmocka_unit_test(test_stream_slow_consumer),
+        cmocka_unit_test(test_stream_concurrent_senders),
+        cmocka_unit_test(test_stream_stop_with_open_streams),
+        cmocka_unit_test(test_stream_stop_with_stuck_consumer),
     };
     int failed = cmocka_run_group_tests(tests, group_setup, group_teardown);
     if (failed) {

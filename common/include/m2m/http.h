@@ -47,7 +47,9 @@ typedef struct {
 
 m2m_err m2m_http_server_start(const m2m_http_cfg *cfg, m2m_http_server **out);
 unsigned m2m_http_server_port(const m2m_http_server *s);
-/* Stops accepting, waits for in-flight handlers, frees. NULL is fine. */
+/* Stops accepting, closes open streams, waits for in-flight requests (up to
+ * 10 s; up to 2 s for closed streams whose peer does not read the rest,
+ * which are then cut), frees. NULL is fine. */
 void m2m_http_server_stop(m2m_http_server *s);
 
 /* Request accessors; strings live as long as the request. */
@@ -82,5 +84,54 @@ void m2m_reply_error_extra(m2m_req *r, m2m_err e, const char *desc, json_t *extr
 /* Replies with raw bytes (copied). */
 void m2m_reply_raw(m2m_req *r, int status, const char *content_type, const char *data,
                    size_t len);
+
+/* ---- streaming replies (Server-Sent Events) -------------------------------
+ *
+ * A handler (on an event thread or a deferred one on a blocking thread)
+ * replies with m2m_reply_stream() instead of another m2m_reply_*: 200 with a
+ * body of unknown length, sent chunked (HTTP/1.1) as the application queues
+ * bytes from any thread. While nothing is queued the connection is suspended:
+ * an idle subscriber costs no CPU, but it also never times out and a peer
+ * that went away is only noticed when something is sent. Send a periodic
+ * ": ping\n\n" comment: once it is written the connection checks for the
+ * peer's close, ends, and later sends return M2M_ERR_IO, so that the owner
+ * drops the subscriber.
+ * m2m_http_server_stop() closes every open stream (clients see the body end
+ * cleanly after what was queued) before stopping. The access log and metrics
+ * see the request when the stream ends, with status 200. */
+typedef struct m2m_stream m2m_stream;
+
+/* Bytes queued and not yet handed to the connection, at most. */
+#define M2M_STREAM_MAX_PENDING (64u * 1024u)
+
+/* Replies 200 with a body of unknown length and Content-Type content_type
+ * (copied; NULL = "text/event-stream"), Cache-Control: no-store and
+ * X-Accel-Buffering: no (unless set with m2m_reply_header). The returned
+ * stream is referenced by the caller until m2m_stream_release(); the
+ * connection keeps a reference of its own until it ends. Bytes may be sent
+ * at once, even from the handler itself. NULL when no stream could be made
+ * (out of memory: a 503 was queued instead; or a reply was already given). */
+m2m_stream *m2m_reply_stream(m2m_req *r, const char *content_type);
+/* Queues bytes (copied); any thread. M2M_OK when queued; M2M_ERR_IO once the
+ * peer is gone or the stream was closed (or s is NULL);
+ * M2M_ERR_PAYLOAD_TOO_LARGE when this would leave more than
+ * M2M_STREAM_MAX_PENDING bytes waiting unsent (a slow consumer): the stream
+ * is then aborted - what is queued is dropped and the connection is closed
+ * without ending the body cleanly, as soon as the peer reads what the
+ * connection already holds, or after conn_timeout if it never does.
+ * M2M_ERR_NOMEM: nothing queued, the stream stays open. */
+m2m_err m2m_stream_send(m2m_stream *s, const char *data, size_t len);
+/* Ends the body after what is queued has been sent; later sends return
+ * M2M_ERR_IO. Any thread; closing twice is harmless. */
+void m2m_stream_close(m2m_stream *s);
+/* Bytes queued that the connection has not taken yet: a subscriber whose
+ * backlog keeps growing is not keeping up (0 once the stream has ended). */
+size_t m2m_stream_pending(m2m_stream *s);
+/* False once closed, aborted or the peer is gone. */
+bool m2m_stream_is_open(m2m_stream *s);
+/* Drops the caller's reference (closing the stream if still open: nobody
+ * could send on it any more). NULL is fine. The stream may outlive its
+ * server; release it after m2m_http_server_stop() if convenient. */
+void m2m_stream_release(m2m_stream *s);
 
 #endif
