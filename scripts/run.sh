@@ -24,8 +24,12 @@ PIDFILE="$VAR/run/supervisord.pid"
 LISTEN=127.0.0.1:8000
 AUTH_PORT=9001
 AUTH_METRICS_PORT=9101
+CURRENCY_PORT=9002
+CURRENCY_METRICS_PORT=9102
 AUTH_BIN="${M2M_AUTH_BIN:-$ROOT/build/auth-service/auth-service}"
+CURRENCY_BIN="${M2M_CURRENCY_BIN:-$ROOT/build/crypto-server/crypto-server}"
 HEALTH_URL="http://127.0.0.1:${LISTEN##*:}/api/auth/health"
+CURRENCY_HEALTH_URL="http://127.0.0.1:${LISTEN##*:}/api/currency/health"
 HEALTH_TIMEOUT=60
 
 usage() {
@@ -84,7 +88,8 @@ stop_all() {
 wait_healthy() {
     local sup_pid="$1" deadline=$((SECONDS + HEALTH_TIMEOUT))
     while ((SECONDS < deadline)); do
-        if curl -fsS -m 2 -o /dev/null "$HEALTH_URL" 2>/dev/null; then
+        if curl -fsS -m 2 -o /dev/null "$HEALTH_URL" 2>/dev/null &&
+            curl -fsS -m 2 -o /dev/null "$CURRENCY_HEALTH_URL" 2>/dev/null; then
             return 0
         fi
         kill -0 "$sup_pid" 2>/dev/null || {
@@ -121,11 +126,14 @@ banner() {
 
 m2m stack is up. Logs: $VAR/log/   Database: $conninfo
   API:       http://localhost:8000/api/auth/...   (register, token, jwks.json, health)
+             http://localhost:8000/api/currency/  (rates: GET /, /{SYM}, /{SYM}/history, /stream; PUT /{SYM})
   Metadata:  http://localhost:8000/.well-known/oauth-authorization-server
-  Metrics:   http://127.0.0.1:$AUTH_METRICS_PORT/metrics   (internal port, not proxied by nginx)
+  Metrics:   http://127.0.0.1:$AUTH_METRICS_PORT/metrics, http://127.0.0.1:$CURRENCY_METRICS_PORT/metrics   (internal, not proxied)
 
-First request:
+First requests:
   curl -X POST http://localhost:8000/api/auth/register -H "Content-Type: application/json" -d '{"client_id":"test","client_secret":"secret","app_name":"Test"}'
+  curl -X POST http://localhost:8000/api/auth/token -H "Content-Type: application/json" -d '{"client_id":"test","client_secret":"secret"}'
+  curl http://localhost:8000/api/currency/ -H "Authorization: Bearer <TOKEN>"
 
 Create an admin client (runs $AUTH_BIN with AUTH_DATABASE_URL set):
   $me client create --id admin-cli --scopes "currency:read currency:write" --role admin
@@ -152,6 +160,7 @@ prepare() {
         cmake --build "$ROOT/build" -j2
     fi
     [[ -x "$AUTH_BIN" ]] || m2m_die "no auth-service binary at $AUTH_BIN"
+    [[ -x "$CURRENCY_BIN" ]] || m2m_die "no crypto-server binary at $CURRENCY_BIN"
 
     m2m_header "database"
     mkdir -p -- "$VAR/log"
@@ -160,6 +169,8 @@ prepare() {
     "$ROOT/scripts/pg.sh" start "$PGDIR"
     CONNINFO="$("$ROOT/scripts/pg.sh" bootstrap "$PGDIR" | tail -n 1)"
     [[ "$CONNINFO" == host=* ]] || m2m_die "pg.sh bootstrap printed no conninfo"
+    local currency_conninfo
+    currency_conninfo="$("$ROOT/scripts/pg.sh" conninfo "$PGDIR" currency_service)"
 
     m2m_header "configuration"
     local -a nginx_args=()
@@ -167,11 +178,13 @@ prepare() {
     # shellcheck disable=SC2206
     [[ -n "${M2M_NGINX_ARGS:-}" ]] && nginx_args=(${M2M_NGINX_ARGS})
     "$ROOT/scripts/nginx-conf.sh" "$VAR/nginx" --listen "$LISTEN" \
-        --auth "127.0.0.1:$AUTH_PORT" "${nginx_args[@]}"
+        --auth "127.0.0.1:$AUTH_PORT" --currency "127.0.0.1:$CURRENCY_PORT" "${nginx_args[@]}"
     m2m_render "$ROOT/scripts/supervisord.conf.template" "$CONF" \
         ROOT="$ROOT" VAR="$VAR" AUTH_BIN="$AUTH_BIN" \
         AUTH_DATABASE_URL="${CONNINFO//%/%%}" \
-        AUTH_PORT="$AUTH_PORT" AUTH_METRICS_PORT="$AUTH_METRICS_PORT"
+        AUTH_PORT="$AUTH_PORT" AUTH_METRICS_PORT="$AUTH_METRICS_PORT" \
+        CURRENCY_BIN="$CURRENCY_BIN" CURRENCY_DATABASE_URL="${currency_conninfo//%/%%}" \
+        CURRENCY_PORT="$CURRENCY_PORT" CURRENCY_METRICS_PORT="$CURRENCY_METRICS_PORT"
     chmod 0600 -- "$CONF"
     m2m_info "wrote $CONF"
 }
