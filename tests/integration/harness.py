@@ -1,9 +1,9 @@
 """The stack the integration and end-to-end tests run against.
 
 One private PostgreSQL cluster (scripts/pg.sh, or the running one named by
-M2M_TEST_PG_DIR), auth-service daemons on free ports, nginx in front of them
-(scripts/nginx-conf.sh), and helpers to talk to all of them with a timeout on
-every call. Python 3 standard library only.
+M2M_TEST_PG_DIR), auth-service and crypto-server daemons on free ports, nginx
+in front of them (scripts/nginx-conf.sh), and helpers to talk to all of them
+with a timeout on every call. Python 3 standard library only.
 
 run.py builds one `Stack` and publishes it as `harness.STACK` before the test
 cases run; the cases only use what is here.
@@ -29,6 +29,7 @@ SCRIPTS = ROOT / "scripts"
 E2E = ROOT / "tests" / "e2e"
 
 HTTP_TIMEOUT = 10.0  # seconds, every HTTP call
+TICK_MS = 500  # CURRENCY_TICK_MS of every crypto-server the tests start
 DEFAULT_AUDIENCE = "http://localhost:8000/api/currency"
 EXTRA_RESOURCE = "https://extra.example/api/ledger"
 SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
@@ -155,6 +156,121 @@ def basic(client_id, secret):
     return "Basic " + base64.b64encode(raw.encode("utf-8")).decode("ascii")
 
 
+class SSE:
+    """A Server-Sent Events reader over a raw socket: sends one GET, parses
+    the status line and headers, then decodes the chunked (or close-delimited)
+    body as it arrives and yields events with their arrival time. Every read
+    has a deadline."""
+
+    def __init__(self, port, path, headers=None, timeout=5.0):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.raw = b""  # bytes received, not yet decoded
+        self.text = b""  # decoded body, not yet parsed into events
+        self.eof = False
+        self.started = time.monotonic()
+        lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Accept: text/event-stream"]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        deadline = time.monotonic() + timeout
+        while b"\r\n\r\n" not in self.raw:
+            if not self._recv(deadline):
+                raise AssertionError(f"no response head within {timeout}s: {self.raw[:300]!r}")
+        head, self.raw = self.raw.split(b"\r\n\r\n", 1)
+        status_line, *hdrs = head.decode("latin-1").split("\r\n")
+        self.status = int(status_line.split()[1])
+        self.headers = {}
+        for h in hdrs:
+            k, _, v = h.partition(":")
+            self.headers.setdefault(k.strip().lower(), v.strip())
+        self.chunked = "chunked" in self.headers.get("transfer-encoding", "").lower()
+        self.length = None if self.chunked else self.headers.get("content-length")
+
+    def header(self, name):
+        return self.headers.get(name.lower())
+
+    def _recv(self, deadline):
+        left = deadline - time.monotonic()
+        if left <= 0 or self.eof:
+            return False
+        self.sock.settimeout(left)
+        try:
+            data = self.sock.recv(65536)
+        except (socket.timeout, TimeoutError):
+            return False
+        except OSError:
+            data = b""
+        if not data:
+            self.eof = True
+            return False
+        self.raw += data
+        return True
+
+    def _decode(self):
+        if not self.chunked:
+            self.text += self.raw
+            self.raw = b""
+            return
+        while True:
+            line, sep, rest = self.raw.partition(b"\r\n")
+            if not sep:
+                return
+            size = int(line.split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                self.eof = True
+                self.raw = b""
+                return
+            if len(rest) < size + 2:
+                return
+            self.text += rest[:size]
+            self.raw = rest[size + 2:]
+
+    def body(self, timeout=5.0):
+        """The whole body of a non-streamed (error) reply."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._decode()
+            if self.length is not None and len(self.text) >= int(self.length):
+                break
+            if self.eof or not self._recv(deadline):
+                self._decode()
+                break
+        return self.text
+
+    def next_event(self, timeout):
+        """The next event (comments such as ': ping' skipped) as a dict of
+        its fields plus 't' (seconds since the request); None on timeout or
+        end of stream."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._decode()
+            while b"\n\n" in self.text:
+                block, self.text = self.text.split(b"\n\n", 1)
+                ev = {}
+                for line in block.decode("utf-8").split("\n"):
+                    if not line or line.startswith(":"):
+                        continue
+                    k, _, v = line.partition(":")
+                    v = v[1:] if v.startswith(" ") else v
+                    ev[k] = ev[k] + "\n" + v if k in ev else v
+                if ev:
+                    ev["t"] = time.monotonic() - self.started
+                    return ev
+            if not self._recv(deadline):
+                return None
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 # ---- PostgreSQL -----------------------------------------------------------
 
 
@@ -184,6 +300,7 @@ class Postgres:
             self.started_here = True
             self.conninfo = self.pg("bootstrap", self.dir).stdout.strip().splitlines()[-1]
         self.port = int((self.dir / "port").read_text().strip())
+        self.currency_conninfo = self.pg("conninfo", self.dir, "currency_service").stdout.strip()
 
     def passwords(self):
         out = []
@@ -223,58 +340,48 @@ class Postgres:
 # ---- auth-service -----------------------------------------------------------
 
 
-class AuthService:
-    """One auth-service process with its own ports and log file."""
+class Daemon:
+    """One daemon process of ours with its own ports and log file; the
+    subclasses say which binary, environment and health check."""
 
-    count = 0
-
-    def __init__(self, stack, name, env_overrides=None, key_dir=None):
-        AuthService.count += 1
-        self.stack = stack
-        self.name = name
-        self.port = free_port()
-        self.metrics_port = free_port()
-        self.key_dir = Path(key_dir) if key_dir else stack.key_dir
-        self.log_path = stack.workdir / f"auth-{AuthService.count:02d}-{name}.log"
-        self.env = stack.auth_env(self.port, self.metrics_port, self.key_dir)
-        for k, v in (env_overrides or {}).items():
-            if v is None:
-                self.env.pop(k, None)
-            else:
-                self.env[k] = str(v)
-        self.proc = None
-        self.returncode = None
-        stack.auth_logs.append(self.log_path)
+    kind = "daemon"
 
     def spawn(self):
         self.logf = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([str(self.stack.binary)], env=self.env, stdout=self.logf,
+        self.proc = subprocess.Popen([str(self.binary)], env=self.env, stdout=self.logf,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      start_new_session=True)
         self.stack.processes.append(self)
         return self
 
+    def health_ok(self):
+        raise NotImplementedError
+
     def start(self, timeout=30):
-        """Spawns and waits for /api/auth/health 200."""
+        """Spawns and waits until health_ok()."""
         self.spawn()
         deadline = time.monotonic() + timeout
         last = None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"auth-service ({self.name}) exited {self.proc.returncode} "
+                raise RuntimeError(f"{self.kind} ({self.name}) exited {self.proc.returncode} "
                                    f"at start; log:\n{self.log_text()[-3000:]}")
             try:
-                last = http("GET", self.port, "/api/auth/health", timeout=2)
-                if last.status == 200:
+                last = self.health_ok()
+                if last is True:
                     return self
             except OSError:
                 pass
             time.sleep(0.1)
-        raise RuntimeError(f"auth-service ({self.name}) not healthy after {timeout}s "
+        raise RuntimeError(f"{self.kind} ({self.name}) not healthy after {timeout}s "
                            f"(last: {last}); log:\n{self.log_text()[-3000:]}")
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig):
+        if self.alive():
+            self.proc.send_signal(sig)
 
     def stop(self, timeout=20):
         """SIGTERM and wait; returns the exit code (SIGKILL after timeout: -9)."""
@@ -303,16 +410,100 @@ class AuthService:
         text = self.log_text()
         return [line for line in text.splitlines() if any(m in line for m in SANITIZER_MARKERS)]
 
-    def cli(self, *args, timeout=60):
-        """`auth-service ARGS...` with this daemon's environment."""
-        return run([self.stack.binary, *args], env=self.env, timeout=timeout, check=False)
-
     # HTTP shortcuts to this daemon
     def get(self, path, **kw):
         return http("GET", self.port, path, **kw)
 
     def post(self, path, body=None, headers=None, **kw):
         return http("POST", self.port, path, body=body, headers=headers, **kw)
+
+    def metrics(self):
+        """The internal port's /metrics as {'name{labels}': float}."""
+        r = http("GET", self.metrics_port, "/metrics")
+        if r.status != 200:
+            raise AssertionError(f"{self.kind} ({self.name}) /metrics: {r!r}")
+        return parse_metrics(r.body.decode("utf-8", "replace"))
+
+
+def parse_metrics(text):
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, _, value = line.rpartition(" ")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            continue
+    return out
+
+
+class AuthService(Daemon):
+    """One auth-service process with its own ports and log file."""
+
+    count = 0
+    kind = "auth-service"
+
+    def __init__(self, stack, name, env_overrides=None, key_dir=None):
+        AuthService.count += 1
+        self.stack = stack
+        self.name = name
+        self.binary = stack.binary
+        self.port = free_port()
+        self.metrics_port = free_port()
+        self.key_dir = Path(key_dir) if key_dir else stack.key_dir
+        self.log_path = stack.workdir / f"auth-{AuthService.count:02d}-{name}.log"
+        self.env = stack.auth_env(self.port, self.metrics_port, self.key_dir)
+        for k, v in (env_overrides or {}).items():
+            if v is None:
+                self.env.pop(k, None)
+            else:
+                self.env[k] = str(v)
+        self.proc = None
+        self.returncode = None
+        stack.auth_logs.append(self.log_path)
+
+    def health_ok(self):
+        r = http("GET", self.port, "/api/auth/health", timeout=2)
+        return True if r.status == 200 else r
+
+    def cli(self, *args, timeout=60):
+        """`auth-service ARGS...` with this daemon's environment."""
+        return run([self.stack.binary, *args], env=self.env, timeout=timeout, check=False)
+
+
+class CryptoServer(Daemon):
+    """One crypto-server process: API port, internal (metrics) port, log file.
+    Same database as auth-service (role currency_service), keys from the main
+    auth-service's JWKS, ticks every TICK_MS."""
+
+    count = 0
+    kind = "crypto-server"
+
+    def __init__(self, stack, name, env_overrides=None, port=None, metrics_port=None):
+        CryptoServer.count += 1
+        self.stack = stack
+        self.name = name
+        self.binary = stack.currency_binary
+        self.port = port or free_port()
+        self.metrics_port = metrics_port or free_port()
+        self.log_path = stack.workdir / f"currency-{CryptoServer.count:02d}-{name}.log"
+        self.env = stack.currency_env(self.port, self.metrics_port)
+        for k, v in (env_overrides or {}).items():
+            if v is None:
+                self.env.pop(k, None)
+            else:
+                self.env[k] = str(v)
+        self.proc = None
+        self.returncode = None
+        stack.currency_logs.append(self.log_path)
+
+    def health_ok(self):
+        r = http("GET", self.port, "/api/currency/health", timeout=2)
+        return True if r.status == 200 else r
+
+    def put(self, path, body=None, headers=None, **kw):
+        return http("PUT", self.port, path, body=body, headers=headers, **kw)
 
 
 # ---- nginx -------------------------------------------------------------------
@@ -325,9 +516,10 @@ class Nginx:
         self.dir = stack.workdir / "nginx"
         self.proc = None
 
-    def start(self, auth_port):
+    def start(self, auth_port, currency_port):
         run([SCRIPTS / "nginx-conf.sh", self.dir, "--listen", f"127.0.0.1:{self.port}",
-             "--auth", f"127.0.0.1:{auth_port}"], timeout=30)
+             "--auth", f"127.0.0.1:{auth_port}", "--currency", f"127.0.0.1:{currency_port}"],
+            timeout=30)
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         self.errlog = open(self.dir / "logs" / "stderr.log", "ab")
         self.proc = subprocess.Popen([nginx, "-p", str(self.dir), "-e",
@@ -369,6 +561,8 @@ class Stack:
         self.binary = self.build_dir / "auth-service" / "auth-service"
         if not os.access(self.binary, os.X_OK):
             raise RuntimeError(f"{self.binary} not found: build first (cmake --build {build_dir})")
+        # A missing or broken crypto-server fails the currency cases only.
+        self.currency_binary = self.build_dir / "crypto-server" / "crypto-server"
         self.asan = self._is_sanitized()
         self.workdir = Path(tempfile.mkdtemp(prefix="m2m-it-"))
         # nginx workers (nobody) must reach their directory; pg.sh adds o+x itself.
@@ -378,14 +572,18 @@ class Stack:
         self.pg = Postgres(self.workdir)
         self.processes = []
         self.auth_logs = []
+        self.currency_logs = []
         self.nginx_port = free_port()
         self.issuer = f"http://127.0.0.1:{self.nginx_port}"
         self.nginx = Nginx(self, self.nginx_port)
         self.auth = None
+        self.currency = None  # the main crypto-server, behind nginx
+        self.currency_error = None  # why it did not start, if it did not
         self.full_run = True  # False when run.py -k selects a subset
         # Collected for the hygiene test: every secret sent, every token issued.
         self.secrets = set()
         self.tokens = set()
+        self.currency_tokens = set()  # tokens forged by the tests (never issued)
 
     def _is_sanitized(self):
         cache = self.build_dir / "CMakeCache.txt"
@@ -417,6 +615,28 @@ class Stack:
         env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
         return env
 
+    def jwks_url(self):
+        """The main auth-service's JWKS, direct (its port survives restarts)."""
+        return f"http://127.0.0.1:{self.auth_port}/api/auth/jwks.json"
+
+    def currency_env(self, port, metrics_port):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CURRENCY_")}
+        env.update({
+            "CURRENCY_PORT": str(port),
+            "CURRENCY_METRICS_PORT": str(metrics_port),
+            "CURRENCY_DATABASE_URL": self.pg.currency_conninfo,
+            "CURRENCY_JWKS_URL": self.jwks_url(),
+            "CURRENCY_ISSUER": self.issuer,
+            "CURRENCY_AUDIENCE": DEFAULT_AUDIENCE,
+            "CURRENCY_TICK_MS": str(TICK_MS),
+            "CURRENCY_THREADS": "2",
+            # Every request logged: the hygiene case reads these lines.
+            "CURRENCY_ACCESS_LOG": "true",
+        })
+        env.setdefault("ASAN_OPTIONS", "detect_leaks=1")
+        env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
+        return env
+
     def setup(self):
         self.pg.setup()
         # The first start, on an empty key directory, is itself under test
@@ -436,21 +656,52 @@ class Stack:
                 "seeding the key directory with openssl to run the other cases")
             seed_key(self.key_dir)
             self.auth = AuthService(self, "main").start()
-        self.nginx.start(self.auth.port)
+        self.auth_port = self.auth.port
+        # The currency cases report a crypto-server that cannot start; the
+        # auth-service cases run regardless.
+        cs = None
+        try:
+            if not os.access(self.currency_binary, os.X_OK):
+                raise RuntimeError(f"{self.currency_binary} not found (not built?)")
+            cs = CryptoServer(self, "main")
+            self.currency = cs.start()
+        except (RuntimeError, OSError) as e:
+            self.currency_error = str(e)
+            log(f"crypto-server did not start: the currency cases will fail:\n{str(e)[:2000]}")
+            if cs is not None:
+                cs.stop(timeout=5)
+        currency_port = cs.port if cs is not None else free_port()
+        self.currency_ports = (currency_port, cs.metrics_port if cs else free_port())
+        self.nginx.start(self.auth.port, currency_port)
         ensure_node_modules()
         log(f"stack up: issuer {self.issuer}, auth-service :{self.auth.port} "
-            f"(metrics :{self.auth.metrics_port}), postgres :{self.pg.port}, "
+            f"(metrics :{self.auth.metrics_port}), crypto-server :{self.currency_ports[0]} "
+            f"(metrics :{self.currency_ports[1]}), postgres :{self.pg.port}, "
             f"{'ASan/UBSan' if self.asan else 'plain'} build {self.build_dir}")
 
     def restart_main(self):
         """SIGTERM the main daemon, start a new one with the same env, key dir
-        and ports. Returns the old process's exit code."""
+        and ports. Returns the old process and its exit code."""
         old = self.auth
         code = old.stop()
+        self.start_main_again(old)
+        return old, code
+
+    def start_main_again(self, old):
+        """A new main auth-service with the env, key dir and ports of `old`
+        (stopped)."""
         new = AuthService(self, "main")
         new.port, new.metrics_port, new.env = old.port, old.metrics_port, dict(old.env)
         self.auth = new.start()
-        return old, code
+        return self.auth
+
+    def start_currency_again(self, old):
+        """A new main crypto-server on the ports of `old` (stopped), so that
+        nginx reaches it."""
+        new = CryptoServer(self, "main", port=old.port, metrics_port=old.metrics_port)
+        new.env = dict(old.env)
+        self.currency = new.start()
+        return self.currency
 
     def teardown(self):
         for p in list(self.processes):
