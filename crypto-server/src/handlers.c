@@ -15,6 +15,8 @@
 #define HISTORY_DEFAULT_LIMIT 100
 #define HISTORY_DEFAULT_SPAN 3600 /* seconds back when ?since= is absent */
 #define RATE_MAX 1e15
+#define RATE_MIN 1e-10 /* the column keeps 10 decimals: anything smaller is 0 */
+#define RATE_RULE "rate: a number from 0.0000000001 to 1e15"
 
 /* RFC 6750: the bearer token must be valid, carry `scope`, and (for writes)
  * the admin role. Replies (or defers the request to `self`) and returns false
@@ -139,17 +141,14 @@ static bool parse_since(const char *s, double *out)
     }
     if (strcmp(p, "Z") != 0 && strcmp(p, "+00:00") != 0)
         return false;
-    *out = (double)timegm(&tm) + frac;
+    /* strptime takes Feb 30 and timegm rolls it into March: refuse dates
+     * that do not survive the round trip. */
+    struct tm check = tm;
+    time_t t = timegm(&check);
+    if (check.tm_mday != tm.tm_mday || check.tm_mon != tm.tm_mon || check.tm_year != tm.tm_year)
+        return false;
+    *out = (double)t + frac;
     return true;
-}
-
-static void iso_ms(long long ms, char *out, size_t cap)
-{
-    time_t secs = (time_t)(ms / 1000);
-    struct tm tm;
-    gmtime_r(&secs, &tm);
-    size_t n = strftime(out, cap, "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(out + n, cap - n, ".%03lldZ", ms % 1000);
 }
 
 void currency_handle_history(m2m_req *req, void *arg)
@@ -188,7 +187,8 @@ void currency_handle_history(m2m_req *req, void *arg)
     snprintf(limit_s, sizeof(limit_s), "%ld", limit);
     const char *params[3] = {sym, since_s, limit_s};
     m2m_err rc = m2m_db_query(ctx->db,
-                              "SELECT rate::text, (extract(epoch FROM at) * 1000)::bigint"
+                              "SELECT trim_scale(rate)::text,"
+                              " (extract(epoch FROM at) * 1000)::bigint"
                               " FROM currency.history"
                               " WHERE symbol = $1 AND at >= to_timestamp($2::double precision)"
                               " ORDER BY at DESC LIMIT $3::integer",
@@ -197,19 +197,29 @@ void currency_handle_history(m2m_req *req, void *arg)
         m2m_reply_error(req, rc, NULL);
         return;
     }
-    json_t *points = json_array();
-    for (int i = 0; points && i < PQntuples(res); i++) {
+    /* Rates as PostgreSQL's exact decimal text, like the current rates. */
+    char since_iso[40];
+    m2m_buf out;
+    m2m_buf_init(&out, (size_t)limit * 96 + 256);
+    rates_iso_time((long long)floor(since * 1000), since_iso, sizeof(since_iso));
+    rc = m2m_buf_appendf(&out, "{\"symbol\":\"%s\",\"since\":\"%s\",\"limit\":%ld,\"history\":[",
+                         sym, since_iso, limit);
+    for (int i = 0; !rc && i < PQntuples(res); i++) {
         char at[40];
-        iso_ms(strtoll(PQgetvalue(res, i, 1), NULL, 10), at, sizeof(at));
-        json_array_append_new(points, json_pack("{s:f, s:s}", "rate",
-                                                strtod(PQgetvalue(res, i, 0), NULL), "at", at));
+        const char *rate = PQgetvalue(res, i, 0);
+        rates_iso_time(strtoll(PQgetvalue(res, i, 1), NULL, 10), at, sizeof(at));
+        rc = rates_number_ok(rate)
+                 ? m2m_buf_appendf(&out, "%s{\"rate\":%s,\"at\":\"%s\"}", i ? "," : "", rate, at)
+                 : M2M_ERR_INTERNAL;
     }
     PQclear(res);
-    char since_iso[40];
-    iso_ms((long long)(since * 1000), since_iso, sizeof(since_iso));
-    m2m_reply_json(req, 200,
-                   json_pack("{s:s, s:s, s:I, s:o}", "symbol", sym, "since", since_iso, "limit",
-                             (json_int_t)limit, "history", points));
+    if (!rc)
+        rc = m2m_buf_appends(&out, "]}");
+    if (rc)
+        m2m_reply_error(req, M2M_ERR_INTERNAL, NULL);
+    else
+        m2m_reply_raw(req, 200, "application/json", out.data, out.len);
+    m2m_buf_free(&out);
 }
 
 void currency_handle_stream(m2m_req *req, void *arg)
@@ -262,15 +272,19 @@ void currency_handle_set(m2m_req *req, void *arg)
     }
     raw = m2m_req_body(req, &len);
     if (m2m_json_parse_object(raw, len, &body, desc, sizeof(desc))) {
-        m2m_reply_error(req, M2M_ERR_INVALID_REQUEST, desc);
+        /* jansson refuses 1e999 while parsing: still the rate's fault */
+        if (strstr(desc, "overflow"))
+            m2m_reply_error_extra(req, M2M_ERR_INVALID_REQUEST, RATE_RULE,
+                                  json_pack("{s:s}", "field", "rate"));
+        else
+            m2m_reply_error(req, M2M_ERR_INVALID_REQUEST, desc);
         return;
     }
     json_t *rv = json_object_get(body, "rate");
     double rate = json_is_number(rv) ? json_number_value(rv) : NAN;
     json_decref(body);
-    if (!isfinite(rate) || rate <= 0 || rate > RATE_MAX) {
-        m2m_reply_error_extra(req, M2M_ERR_INVALID_REQUEST,
-                              "rate: a positive number below 1e15",
+    if (!isfinite(rate) || rate < RATE_MIN || rate > RATE_MAX) {
+        m2m_reply_error_extra(req, M2M_ERR_INVALID_REQUEST, RATE_RULE,
                               json_pack("{s:s}", "field", "rate"));
         return;
     }
@@ -300,11 +314,7 @@ void currency_handle_set(m2m_req *req, void *arg)
     m2m_counter_add(ctx->rates_set, 1);
     M2M_INFO("rate_set", "%s set by %s", sym, info.sub);
     /* Serve the new rate at once rather than after the next tick. */
-    rc = m2m_db_query(ctx->db,
-                      "SELECT symbol, name, rate::text,"
-                      " (extract(epoch FROM updated_at) * 1000)::bigint"
-                      " FROM currency.rates ORDER BY symbol",
-                      0, NULL, &res);
+    rc = m2m_db_query(ctx->db, RATES_SELECT_SQL, 0, NULL, &res);
     if (!rc) {
         rates_load(ctx->rates, res);
         PQclear(res);

@@ -1,5 +1,8 @@
 #include "rates.h"
 
+#include <stdio.h>
+#include "m2m/buf.h"
+
 #include <ctype.h>
 #include <jansson.h>
 #include <pthread.h>
@@ -59,43 +62,84 @@ bool rates_symbol_normalize(const char *in, char out[SYMBOL_MAX + 1])
     return n > 0;
 }
 
-static void iso_time(long long ms, char *out, size_t cap)
+void rates_iso_time(long long ms, char *out, size_t cap)
 {
-    time_t secs = (time_t)(ms / 1000);
+    /* floor division: times before 1970 have negative ms */
+    long long secs = ms / 1000, rem = ms % 1000;
+    if (rem < 0) {
+        rem += 1000;
+        secs--;
+    }
+    time_t t = (time_t)secs;
     struct tm tm;
-    gmtime_r(&secs, &tm);
-    size_t n = strftime(out, cap, "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(out + n, cap - n, ".%03lldZ", ms % 1000);
+    gmtime_r(&t, &tm);
+    /* %Y would print year 1 as "1": RFC 3339 wants four digits */
+    snprintf(out, cap, "%04d-%02d-%02dT%02d:%02d:%02d.%03lldZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, rem);
+}
+
+bool rates_number_ok(const char *s)
+{
+    /* what trim_scale(numeric)::text gives: digits, at most one '.', no sign
+     * or exponent (rates are positive) - safe to paste into JSON as is */
+    bool dot = false, digit = false;
+    for (; *s; s++) {
+        if (*s >= '0' && *s <= '9')
+            digit = true;
+        else if (*s == '.' && !dot && digit)
+            dot = true;
+        else
+            return false;
+    }
+    return digit;
+}
+
+/* {"symbol":…,"name":…,"rate":<exact decimal>,"last_updated":…}: the rate
+ * is PostgreSQL's own text, so what was stored is what is read, digit for
+ * digit (a double would round 123456789012.3456). */
+static char *render_one(const char *symbol, const char *name, const char *rate, long long ms)
+{
+    char stamp[40], *out = NULL;
+    json_t *js = json_string(symbol), *jn = json_string(name);
+    char *s = js ? json_dumps(js, JSON_ENCODE_ANY) : NULL;
+    char *n = jn ? json_dumps(jn, JSON_ENCODE_ANY) : NULL;
+
+    rates_iso_time(ms, stamp, sizeof(stamp));
+    if (s && n && rates_number_ok(rate) &&
+        asprintf(&out, "{\"symbol\":%s,\"name\":%s,\"rate\":%s,\"last_updated\":\"%s\"}", s,
+                 n, rate, stamp) < 0)
+        out = NULL;
+    free(s);
+    free(n);
+    json_decref(js);
+    json_decref(jn);
+    return out;
 }
 
 m2m_err rates_load(rates_store *s, const PGresult *res)
 {
     rate_body one[RATES_MAX] = {0};
-    json_t *all = json_array();
+    m2m_buf all;
     char *all_text = NULL;
     size_t n = 0;
     m2m_err rc = M2M_ERR_NOMEM;
     int rows = PQntuples(res);
 
-    if (!all || rows > RATES_MAX)
+    m2m_buf_init(&all, (size_t)RATES_MAX * 512);
+    if (rows > RATES_MAX || m2m_buf_appends(&all, "["))
         goto out;
     for (int i = 0; i < rows; i++) {
-        char stamp[40];
-        iso_time(strtoll(PQgetvalue(res, i, 3), NULL, 10), stamp, sizeof(stamp));
-        json_t *o = json_pack("{s:s, s:s, s:f, s:s}", "symbol", PQgetvalue(res, i, 0), "name",
-                              PQgetvalue(res, i, 1), "rate", strtod(PQgetvalue(res, i, 2), NULL),
-                              "last_updated", stamp);
-        if (!o)
-            goto out;
         snprintf(one[n].symbol, sizeof(one[n].symbol), "%s", PQgetvalue(res, i, 0));
-        one[n].json = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(12));
+        one[n].json = render_one(PQgetvalue(res, i, 0), PQgetvalue(res, i, 1),
+                                 PQgetvalue(res, i, 2), strtoll(PQgetvalue(res, i, 3), NULL, 10));
         n++;
-        if (!one[n - 1].json || json_array_append_new(all, o))
+        if (!one[n - 1].json || (i && m2m_buf_appends(&all, ",")) ||
+            m2m_buf_appends(&all, one[n - 1].json))
             goto out;
     }
-    all_text = json_dumps(all, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(12));
-    if (!all_text)
+    if (m2m_buf_appends(&all, "]"))
         goto out;
+    all_text = m2m_buf_steal(&all);
 
     pthread_rwlock_wrlock(&s->lock);
     rate_body old[RATES_MAX];
@@ -114,7 +158,7 @@ m2m_err rates_load(rates_store *s, const PGresult *res)
     rc = M2M_OK;
 out:
     bodies_free(one, n, all_text);
-    json_decref(all);
+    m2m_buf_free(&all);
     return rc;
 }
 

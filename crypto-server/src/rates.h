@@ -13,6 +13,12 @@
 #define RATES_MAX 64
 #define SYMBOL_MAX 10
 
+/* The rows rates_load() takes: the rate as exact decimal text. */
+#define RATES_SELECT_SQL                                                                           \
+    "SELECT symbol, name, trim_scale(rate)::text,"                                                 \
+    " (extract(epoch FROM updated_at) * 1000)::bigint"                                             \
+    " FROM currency.rates ORDER BY symbol"
+
 typedef struct rates_store rates_store;
 
 rates_store *rates_new(void);
@@ -33,6 +39,11 @@ bool rates_reply_one(rates_store *s, m2m_req *req, const char *symbol);
 bool rates_known(rates_store *s, const char *symbol);
 /* A copy of the all-rates body (free() it), for the stream. */
 char *rates_all_json(rates_store *s, size_t *len);
+
+/* RFC 3339 UTC with milliseconds, four-digit year; any epoch ms. */
+void rates_iso_time(long long ms, char *out, size_t cap);
+/* True for an unsigned decimal without exponent: JSON-safe as is. */
+bool rates_number_ok(const char *s);
 
 /* Upper-cases a path segment into out if it is 1-10 of [A-Za-z0-9]. */
 bool rates_symbol_normalize(const char *in, char out[SYMBOL_MAX + 1]);

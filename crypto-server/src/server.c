@@ -13,6 +13,7 @@ extern const size_t currency_migrations_count;
 /* Literal routes come before "*" ones: the first match wins. */
 static const m2m_route api_routes[] = {
     {"GET", "/api/currency/", currency_handle_all, 0},
+    {"GET", "/api/currency", currency_handle_all, 0},
     {"GET", "/api/currency/health", currency_handle_health, 0},
     {"GET", "/api/currency/stream", currency_handle_stream, 0},
     {"GET", "/api/currency/*/history", currency_handle_history, 0},

@@ -141,9 +141,7 @@ out:
 
 static bool reload(updater *u)
 {
-    PGresult *r = PQexec(u->conn, "SELECT symbol, name, rate::text,"
-                                  " (extract(epoch FROM updated_at) * 1000)::bigint"
-                                  " FROM currency.rates ORDER BY symbol");
+    PGresult *r = PQexec(u->conn, RATES_SELECT_SQL);
     bool ok = check(u, r, "load rates") && rates_load(u->rates, r) == M2M_OK;
     PQclear(r);
     if (ok)

@@ -1,16 +1,16 @@
 #!/usr/bin/env python3
-"""Integration and end-to-end tests of auth-service.
+"""Integration and end-to-end tests of auth-service and crypto-server.
 
     python3 tests/integration/run.py [--build DIR] [-k PATTERN] [--keep]
 
 Starts its own PostgreSQL cluster (scripts/pg.sh; or uses the running one in
-$M2M_TEST_PG_DIR), auth-service on free ports, nginx in front of it
-(scripts/nginx-conf.sh), runs the test cases in a fixed order, stops
+$M2M_TEST_PG_DIR), auth-service and crypto-server on free ports, nginx in
+front of them (scripts/nginx-conf.sh), runs the test cases in a fixed order, stops
 everything, and ends with one line "N passed, N failed" (", N skipped" only if
 any). Exit status 1 on any failure.
 
 DIR defaults to build-asan/ when it exists, else build/. With an ASan/UBSan
-build, every auth-service that is stopped must exit 0 with no sanitizer report.
+build, every daemon that is stopped must exit 0 with no sanitizer report.
 --keep (or M2M_TEST_KEEP=1) keeps the temp dir with the logs.
 Python 3 standard library only; Node 20 runs the verifiers in tests/e2e.
 """
