@@ -176,75 +176,44 @@ bool auth_require_schema(auth_ctx *ctx, m2m_req *req)
     return false;
 }
 
+static m2m_err prepare(void *arg)
+{
+    return auth_ctx_migrate(arg);
+}
+
 int auth_serve(const auth_config *cfg)
 {
     auth_ctx ctx;
-    m2m_http_server *api = NULL, *internal = NULL;
     int status = 1;
     m2m_err rc;
 
     m2m_daemon_signals();
-
     rc = auth_ctx_init(&ctx, cfg);
     if (rc) {
         M2M_ERROR("startup_failed", "cannot initialise: %s", m2m_err_text(rc));
         goto out;
     }
-    m2m_http_cfg hc = {.service = "auth-service",
-                       .bind_addr = cfg->listen_addr,
-                       .port = (unsigned)cfg->port,
-                       .threads = (unsigned)cfg->threads,
-                       .blocking_threads = (unsigned)cfg->blocking_threads,
-                       .conn_timeout = (unsigned)cfg->conn_timeout,
-                       .max_conns = (unsigned)cfg->max_conns,
-                       .max_body = (size_t)cfg->max_body,
-                       .metrics = ctx.metrics,
-                       .access_log = cfg->access_log,
-                       .routes = api_routes,
-                       .nroutes = sizeof(api_routes) / sizeof(api_routes[0]),
-                       .ctx = &ctx};
-    rc = m2m_http_server_start(&hc, &api);
-    if (rc)
-        goto out;
-    m2m_http_cfg ic = {.service = "auth-service-internal",
-                       .bind_addr = cfg->listen_addr,
-                       .port = (unsigned)cfg->metrics_port,
-                       .threads = 1,
-                       .blocking_threads = 1,
-                       .conn_timeout = 10,
-                       .max_conns = 64,
-                       .max_body = 1024,
-                       .routes = internal_routes,
-                       .nroutes = sizeof(internal_routes) / sizeof(internal_routes[0]),
-                       .ctx = &ctx};
-    rc = m2m_http_server_start(&ic, &internal);
-    if (rc)
-        goto out;
-    m2m_log_event(M2M_LOG_INFO, "listening",
-                  json_pack("{s:s, s:i, s:i, s:s}", "addr", cfg->listen_addr, "port",
-                            (int)m2m_http_server_port(api), "metrics_port",
-                            (int)m2m_http_server_port(internal), "issuer", cfg->issuer));
-
-    /* Serve; until the schema is in place, retry migrations every second
-     * (the database may come up after us). */
-    for (;;) {
-        if (!atomic_load(&ctx.schema_ready)) {
-            rc = auth_ctx_migrate(&ctx);
-            if (rc == M2M_OK)
-                M2M_INFO("ready", "schema up to date; serving");
-            else if (rc != M2M_ERR_DB_UNAVAILABLE)
-                M2M_ERROR("migrate_failed", "migrations failed: %s", m2m_err_text(rc));
-        }
-        int sig = m2m_daemon_wait(1000);
-        if (sig) {
-            M2M_INFO("stopping", "signal %d: finishing in-flight requests", sig);
-            break;
-        }
-    }
-    status = 0;
+    m2m_service svc = {
+        .api = {.service = "auth-service",
+                .bind_addr = cfg->listen_addr,
+                .port = (unsigned)cfg->port,
+                .threads = (unsigned)cfg->threads,
+                .blocking_threads = (unsigned)cfg->blocking_threads,
+                .conn_timeout = (unsigned)cfg->conn_timeout,
+                .max_conns = (unsigned)cfg->max_conns,
+                .max_body = (size_t)cfg->max_body,
+                .metrics = ctx.metrics,
+                .access_log = cfg->access_log,
+                .routes = api_routes,
+                .nroutes = sizeof(api_routes) / sizeof(api_routes[0]),
+                .ctx = &ctx},
+        .internal_routes = internal_routes,
+        .ninternal = sizeof(internal_routes) / sizeof(internal_routes[0]),
+        .internal_port = (unsigned)cfg->metrics_port,
+        .prepare = prepare,
+        .arg = &ctx};
+    status = m2m_service_run(&svc);
 out:
-    m2m_http_server_stop(internal);
-    m2m_http_server_stop(api);
     auth_ctx_free(&ctx);
     M2M_INFO("stopped", "exit %d", status);
     return status;
