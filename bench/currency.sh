@@ -27,49 +27,19 @@
 #   STRICT=1            exit 3 when a goal is missed
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BENCH="$ROOT/bench"
-BUILD_DIR="${BUILD_DIR:-$ROOT/build}"
-DURATION="${DURATION:-10s}"
-WARMUP="${WARMUP:-2s}"
-CONNECTIONS="${CONNECTIONS:-32}"
-THREADS="${THREADS:-2}"
-ROUNDS="${ROUNDS:-3}"
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 SYMBOL="${SYMBOL:-BTC}"
 ONLY_CEILINGS="${ONLY_CEILINGS:-0}"
-NO_NGINX="${NO_NGINX:-0}"
 NO_FRESH="${NO_FRESH:-0}"
 FRESH_TOKENS="${FRESH_TOKENS:-}"
 FRESH_MAX="${FRESH_MAX:-1000000}"
-STRICT="${STRICT:-0}"
-AUTH_URL="${AUTH_URL:-http://127.0.0.1:9001}"
 CURRENCY_URL="${CURRENCY_URL:-http://127.0.0.1:9002}"
-NGINX_URL="${NGINX_URL:-http://127.0.0.1:8000}"
-TOKEN_PATH="/api/auth/token"
 GOAL_REUSED_PCT=40 # direct, one token reused, vs the JSON ceiling
 GOAL_FRESH_PCT=70  # direct, a fresh token per request, vs the verify ceiling
 FRESH_MARGIN=1.3   # tokens fetched = expected requests x this
 
-log() { printf '[bench] %s\n' "$*" >&2; }
-die() { printf '[bench] ERROR: %s\n' "$*" >&2; exit 1; }
-
-# wrk duration ("10s", "1m", "2h", "0") -> whole seconds.
-to_seconds() {
-    local d="$1"
-    [[ "$d" =~ ^([0-9]+)([smh]?)$ ]] || return 1
-    case "${BASH_REMATCH[2]}" in
-        h) echo $(( 10#${BASH_REMATCH[1]} * 3600 )) ;;
-        m) echo $(( 10#${BASH_REMATCH[1]} * 60 )) ;;
-        *) echo $(( 10#${BASH_REMATCH[1]} )) ;;
-    esac
-}
-DURATION_S="$(to_seconds "$DURATION")" || die "DURATION=$DURATION: use wrk syntax (10s, 1m)"
-WARMUP_S="$(to_seconds "$WARMUP")" || die "WARMUP=$WARMUP: use wrk syntax (2s, 0)"
-if [ "$DURATION_S" -lt 1 ] || [ "$DURATION_S" -gt 3600 ]; then die "DURATION must be 1s..1h"; fi
-if [ "$WARMUP_S" -gt 600 ]; then die "WARMUP must be 0..10m"; fi
-[[ "$ROUNDS" =~ ^[1-9]$ ]] || die "ROUNDS must be 1..9"
-[[ "$CONNECTIONS" =~ ^[1-9][0-9]{0,3}$ ]] || die "CONNECTIONS must be 1..9999"
-[[ "$THREADS" =~ ^[1-9][0-9]?$ ]] || die "THREADS must be 1..99"
+check_settings
 [[ "$SYMBOL" =~ ^[A-Za-z0-9]{1,16}$ ]] || die "SYMBOL must be 1..16 letters or digits"
 [[ "$FRESH_MAX" =~ ^[1-9][0-9]{0,7}$ ]] || die "FRESH_MAX must be 1..99999999"
 if [ -n "$FRESH_TOKENS" ]; then
@@ -78,105 +48,17 @@ if [ -n "$FRESH_TOKENS" ]; then
 fi
 API_PATH="/api/currency/$SYMBOL"
 
-for tool in wrk curl python3; do
-    command -v "$tool" >/dev/null || die "$tool not found (apt-get install $tool)"
-done
+need_tools wrk curl python3
 [ "$ONLY_CEILINGS" != 1 ] || command -v openssl >/dev/null || die "openssl not found"
 
-TMP="$(mktemp -d "${TMPDIR:-/tmp}/bench-currency.XXXXXX")"
-PIDS=()
-STARTED_STACK=0
-
-# shellcheck disable=SC2317  # invoked by the EXIT trap
-cleanup() {
-    local rc=$? pid
-    trap - EXIT INT TERM
-    for pid in "${PIDS[@]}"; do
-        if kill -0 "$pid" 2>/dev/null; then
-            kill -TERM "$pid" 2>/dev/null || true
-        fi
-    done
-    for pid in "${PIDS[@]}"; do
-        # bounded wait: TERM, then KILL after ~5 s
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    if [ "$STARTED_STACK" = 1 ]; then
-        log "stopping the local stack (this script started it)"
-        timeout 60 "$ROOT/scripts/run.sh" stop >&2 || log "scripts/run.sh stop failed"
-    fi
-    rm -rf "$TMP"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# Drop a pid from PIDS once the process is gone.
-forget_pid() {
-    local keep=() p
-    for p in "${PIDS[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done
-    PIDS=("${keep[@]+"${keep[@]}"}")
-}
-
-stop_pid() {
-    local pid="$1"
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-    forget_pid "$pid"
-}
-
-# bounded SECS OUT CMD...: runs CMD under timeout in the background and waits
-# for it, so that INT/TERM reach our traps at once (bash defers a trap until a
-# foreground command ends, and timeout keeps its command out of the terminal's
-# process group) and cleanup kills it like any other process of ours.
-bounded() {
-    local secs="$1" out="$2" pid rc=0
-    shift 2
-    timeout -k 5 "$secs" "$@" >"$out" 2>&1 &
-    pid=$!
-    PIDS+=("$pid")
-    wait "$pid" || rc=$?
-    forget_pid "$pid"
-    return "$rc"
-}
-
-# Wait until FILE has a line "port N"; print N. Fails after ~TIMEOUT s or if PID dies.
-wait_port() {
-    local file="$1" pid="$2" timeout="${3:-10}" port
-    for _ in $(seq $(( timeout * 10 ))); do
-        port="$(awk '$1 == "port" { print $2; exit }' "$file" 2>/dev/null || true)"
-        if [ -n "$port" ]; then echo "$port"; return 0; fi
-        kill -0 "$pid" 2>/dev/null || return 1
-        sleep 0.1
-    done
-    return 1
-}
+start_tmp currency
 
 # ---------------------------------------------------------------- build
-JSON_BIN="$BUILD_DIR/bench/bench-ceiling-json"
-VERIFY_BIN="$BUILD_DIR/bench/bench-ceiling-verify"
-find_bin() { # name var: the top level may set an output directory
-    local p="$BUILD_DIR/bench/$1"
-    [ -x "$p" ] || p="$(find "$BUILD_DIR" -type f -name "$1" -perm -u+x | head -n 1)"
-    [ -n "$p" ] || die "$1 not found under $BUILD_DIR after the build"
-    printf -v "$2" '%s' "$p"
-}
+JSON_BIN="" VERIFY_BIN="" # set by build
 build() {
     local targets=(bench-ceiling-json bench-ceiling-verify)
     [ "$ONLY_CEILINGS" = 1 ] || targets+=(crypto-server)
-    if [ ! -f "$BUILD_DIR/CMakeCache.txt" ]; then
-        # The project's default build type (RelWithDebInfo: -O2 -g), as scripts/run.sh uses.
-        log "configuring $BUILD_DIR"
-        cmake -S "$ROOT" -B "$BUILD_DIR" >"$TMP/build.log" 2>&1 \
-            || { cat "$TMP/build.log" >&2; die "cmake configure failed"; }
-    fi
-    log "building ${targets[*]}"
-    timeout 900 cmake --build "$BUILD_DIR" --target "${targets[@]}" -j "$(nproc)" \
-        >"$TMP/build.log" 2>&1 || { tail -n 40 "$TMP/build.log" >&2; die "build failed"; }
+    build_targets "${targets[@]}"
     find_bin bench-ceiling-json JSON_BIN
     find_bin bench-ceiling-verify VERIFY_BIN
 }
@@ -239,51 +121,27 @@ PY
 }
 
 # ---------------------------------------------------------------- stack + client + token
+# stack_up SECS: both services answer their health checks within SECS.
+stack_up() {
+    auth_up "$1" && curl -fsS -m "$1" -o /dev/null "$CURRENCY_URL/api/currency/health"
+}
+
 ensure_stack() {
-    if curl -fsS -m 3 -o /dev/null "$AUTH_URL/api/auth/health" \
-        && curl -fsS -m 3 -o /dev/null "$CURRENCY_URL/api/currency/health"; then
+    if stack_up 3; then
         log "local stack already running (measured as it is: not rebuilt, not restarted)"
         return 0
     fi
     [ -x "$ROOT/scripts/run.sh" ] || die "the stack is not answering and scripts/run.sh is missing"
-    if curl -fsS -m 3 -o /dev/null "$AUTH_URL/api/auth/health"; then
+    if auth_up 3; then
         die "auth-service answers but crypto-server does not ($CURRENCY_URL/api/currency/health): fix or stop the running stack"
     fi
-    # Rate limits in nginx would turn the nginx run into 429s.
-    export M2M_NGINX_ARGS="${M2M_NGINX_ARGS:---no-limit}"
-    log "starting the local stack: M2M_NGINX_ARGS=$M2M_NGINX_ARGS scripts/run.sh --detach"
-    STARTED_STACK=1
-    timeout 900 "$ROOT/scripts/run.sh" --detach >&2 || die "scripts/run.sh --detach failed"
-    for _ in $(seq 120); do
-        if curl -fsS -m 2 -o /dev/null "$AUTH_URL/api/auth/health" \
-            && curl -fsS -m 2 -o /dev/null "$CURRENCY_URL/api/currency/health"; then
-            return 0
-        fi
-        sleep 0.5
-    done
-    die "the stack is not healthy ($AUTH_URL/api/auth/health, $CURRENCY_URL/api/currency/health) after 60 s"
-}
-
-create_client() {
-    if [ -n "${BENCH_CLIENT_ID:-}" ] && [ -n "${BENCH_CLIENT_SECRET:-}" ]; then
-        log "using the existing client $BENCH_CLIENT_ID"
-        return 0
-    fi
-    BENCH_CLIENT_ID="bench-$RANDOM$RANDOM"
-    BENCH_CLIENT_SECRET="$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')"
-    log "creating client $BENCH_CLIENT_ID (scope currency:read)"
-    timeout 60 "$ROOT/scripts/run.sh" client create --id "$BENCH_CLIENT_ID" \
-        --secret "$BENCH_CLIENT_SECRET" --scopes "currency:read" >"$TMP/client.json" 2>"$TMP/client.err" \
-        || { cat "$TMP/client.json" "$TMP/client.err" >&2; die "scripts/run.sh client create failed"; }
+    start_stack stack_up "the stack is not healthy ($AUTH_URL/api/auth/health, $CURRENCY_URL/api/currency/health) after 60 s"
 }
 
 # get_token: one access token from the token endpoint, on stdout.
 get_token() {
     local code
-    code="$(curl -sS -m 10 -o "$TMP/token.body" -w '%{http_code}' \
-        -u "$BENCH_CLIENT_ID:$BENCH_CLIENT_SECRET" \
-        -H 'Content-Type: application/x-www-form-urlencoded' \
-        --data 'grant_type=client_credentials' "$AUTH_URL$TOKEN_PATH" 2>"$TMP/token.err")" || code="000"
+    code="$(post_token "$AUTH_URL$TOKEN_PATH" "$TMP/token.body" "$TMP/token.err")" || code="000"
     if [ "$code" != 200 ]; then
         cat "$TMP/token.err" "$TMP/token.body" >&2 2>/dev/null
         echo >&2
@@ -315,12 +173,7 @@ else
 fi
 export BENCH_CLIENT_ID BENCH_CLIENT_SECRET BENCH_TOKEN
 
-# Read after the stack started: scripts/run.sh may have reconfigured build/.
-BUILD_TYPE="$(sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "$BUILD_DIR/CMakeCache.txt")"
-BUILD_NOTE="build: ${BUILD_TYPE:-<none>}"
-if grep -Eiq '^[A-Z0-9_]*SANITI[A-Z_]*:BOOL=(ON|TRUE|1)$' "$BUILD_DIR/CMakeCache.txt"; then
-    BUILD_NOTE="$BUILD_NOTE, sanitizers ON (figures are not meaningful)"
-fi
+read_build_note
 
 # ---------------------------------------------------------------- measuring
 # check_endpoint NAME URL TOKEN: one GET, must be 200 with a JSON object.
@@ -339,25 +192,6 @@ check_endpoint() {
     fi
 }
 
-# Converts a wrk latency ("850.00us", "1.31ms", "1.02s", "2.00m") to ms.
-to_ms() {
-    awk -v v="$1" 'BEGIN {
-        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
-        if (u == "us") n /= 1000; else if (u == "s") n *= 1000;
-        else if (u == "m") n *= 60000; else if (u == "h") n *= 3600000;
-        printf "%.2f", n }'
-}
-
-# median of whitespace-separated numbers (mean of the two middle ones if even).
-median() {
-    tr ' ' '\n' <<<"$1" | awk 'NF' | sort -g | awk '{ v[NR] = $1 }
-        END { if (NR == 0) print "-"; else if (NR % 2) print v[(NR + 1) / 2];
-              else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-minmax() {
-    tr ' ' '\n' <<<"$1" | awk 'NF' | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 }
-        END { printf "%.0f-%.0f", lo, hi }'
-}
 max_of() {
     tr ' ' '\n' <<<"$1" | awk 'NF' | sort -g | tail -n 1
 }
@@ -428,8 +262,7 @@ prepare_fresh() {
     rm -f "$TMP/fetched.txt"
 }
 
-# Targets: "key|name|url|script", measured in this order in every round.
-TARGETS=()
+# Targets: "key|name|url|script".
 add_target() {
     [ "$1" = fresh ] || check_endpoint "$2" "$3" "$BENCH_TOKEN"
     TARGETS+=("$1|$2|$3|$4")
@@ -445,10 +278,10 @@ run_wrk() {
 }
 
 # measure KEY NAME URL SCRIPT ROUND: (warm-up in round 1) then one measured wrk run.
-declare -A RPS_ALL P50_ALL P99_ALL ERRS TOKENS_N SENT_N REUSED_N
+declare -A TOKENS_N SENT_N REUSED_N
 measure() {
     local key="$1" name="$2" url="$3" script="$4" round="$5" out="$TMP/wrk-$1-$5.txt"
-    local line r p50 p99 e tokens="" t s u
+    local tokens="" t s u
     if [ "$round" = 1 ] && [ "$WARMUP_S" -gt 0 ]; then
         log "$name: warm-up $WARMUP"
         if [ "$key" = fresh ]; then
@@ -464,44 +297,25 @@ measure() {
     log "$name [round $round/$ROUNDS]: wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency -s $script $url"
     run_wrk "$key" "$name" "$url" "$script" "$DURATION_S" "$out" "$tokens"
     [ -z "$tokens" ] || rm -f "$TMP/tokens.txt" "$TMP/tokens-warmup.txt"
-    r="$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' "$out")"
-    p50="$(awk '$1 == "50%" { print $2; exit }' "$out")"
-    p99="$(awk '$1 == "99%" { print $2; exit }' "$out")"
-    line="$(grep -E '^[a-z_]+\.lua: requests=' "$out" || true)"
-    if [ -z "$r" ] || [ -z "$p50" ] || [ -z "$p99" ] || [ -z "$line" ]; then
-        cat "$out" >&2; die "$name: could not read wrk's output"
-    fi
-    p50="$(to_ms "$p50")"; p99="$(to_ms "$p99")"
-    e="$(awk '{ s = 0; for (i = 2; i <= NF; i++) if ($i ~ /_errors=/) { split($i, a, "="); s += a[2] }
-        print s }' <<<"$line")"
-    RPS_ALL[$key]="${RPS_ALL[$key]:-} $r"
-    P50_ALL[$key]="${P50_ALL[$key]:-} $p50"
-    P99_ALL[$key]="${P99_ALL[$key]:-} $p99"
-    ERRS[$key]=$(( ${ERRS[$key]:-0} + e ))
+    read_wrk "$key" "$name" "$out" '^[a-z_]+\.lua: requests='
     if [ "$key" = fresh ]; then
-        t="$(sed -n 's/.* tokens=\([0-9]*\).*/\1/p' <<<"$line")"
-        s="$(sed -n 's/.* sent=\([0-9]*\).*/\1/p' <<<"$line")"
-        u="$(sed -n 's/.* reused=\([0-9]*\).*/\1/p' <<<"$line")"
+        t="$(sed -n 's/.* tokens=\([0-9]*\).*/\1/p' <<<"$WRK_LINE")"
+        s="$(sed -n 's/.* sent=\([0-9]*\).*/\1/p' <<<"$WRK_LINE")"
+        u="$(sed -n 's/.* reused=\([0-9]*\).*/\1/p' <<<"$WRK_LINE")"
         TOKENS_N[$key]=$(( ${TOKENS_N[$key]:-0} + t ))
         SENT_N[$key]=$(( ${SENT_N[$key]:-0} + s ))
         REUSED_N[$key]=$(( ${REUSED_N[$key]:-0} + u ))
-        log "$name [round $round/$ROUNDS]: $r req/s, p50 $p50 ms, p99 $p99 ms, errors $e, tokens $t, sent $s, reused $u"
+        log_wrk "$name" "$round" ", tokens $t, sent $s, reused $u"
     else
-        log "$name [round $round/$ROUNDS]: $r req/s, p50 $p50 ms, p99 $p99 ms, errors $e"
+        log_wrk "$name" "$round"
     fi
 }
 
 # The two ceilings on free ports (they bind port 0 and print it).
-"$JSON_BIN" 0 >"$TMP/json.out" 2>"$TMP/json.err" &
-JSON_PID=$!
-PIDS+=("$JSON_PID")
-JSON_PORT="$(wait_port "$TMP/json.out" "$JSON_PID" 10)" \
-    || { cat "$TMP/json.err" >&2; die "bench-ceiling-json did not start"; }
-"$VERIFY_BIN" 0 "$TMP/pubkey.pem" >"$TMP/verify.out" 2>"$TMP/verify.err" &
-VERIFY_PID=$!
-PIDS+=("$VERIFY_PID")
-VERIFY_PORT="$(wait_port "$TMP/verify.out" "$VERIFY_PID" 10)" \
-    || { cat "$TMP/verify.err" >&2; die "bench-ceiling-verify did not start"; }
+start_server json 10 bench-ceiling-json "$JSON_BIN" 0
+JSON_PID="$SERVER_PID" JSON_PORT="$SERVER_PORT"
+start_server verify 10 bench-ceiling-verify "$VERIFY_BIN" 0 "$TMP/pubkey.pem"
+VERIFY_PID="$SERVER_PID" VERIFY_PORT="$SERVER_PORT"
 
 FRESH_NAME="crypto-server fresh tokens"
 add_target json "ceiling (MHD JSON reply)" "http://127.0.0.1:$JSON_PORT$API_PATH" currency.lua
@@ -522,27 +336,13 @@ code="$(curl -sS -m 10 -o /dev/null -w '%{http_code}' \
     "http://127.0.0.1:$VERIFY_PORT$API_PATH" 2>/dev/null)" || code=000
 [ "$code" = 401 ] || die "bench-ceiling-verify answered $code to a token with a broken signature"
 
-# Rounds: every target once per round, interleaved, so that a slow spell of
-# the host hits all of them alike; the table shows medians over the rounds.
-for round in $(seq "$ROUNDS"); do
-    for t in "${TARGETS[@]}"; do
-        IFS='|' read -r key name url script <<<"$t"
-        measure "$key" "$name" "$url" "$script" "$round"
-    done
-done
+run_rounds
 stop_pid "$VERIFY_PID"
 stop_pid "$JSON_PID"
 
-declare -A RPS P50 P99
-for t in "${TARGETS[@]}"; do
-    key="${t%%|*}"
-    RPS[$key]="$(median "${RPS_ALL[$key]}" | awk '{ printf "%.0f", $1 }')"
-    P50[$key]="$(median "${P50_ALL[$key]}" | awk '{ printf "%.2f", $1 }')"
-    P99[$key]="$(median "${P99_ALL[$key]}" | awk '{ printf "%.2f", $1 }')"
-done
+compute_medians
 
 # ---------------------------------------------------------------- report
-pct() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.1f", 100 * a / b; else print "-" }'; }
 # the ceiling each row is compared with
 ceiling_of() { case "$1" in fresh) echo verify ;; *) echo json ;; esac; }
 REUSE_PCT=0
@@ -550,25 +350,17 @@ if [ -n "${SENT_N[fresh]:-}" ] && [ "${SENT_N[fresh]}" -gt 0 ]; then
     REUSE_PCT="$(pct "${REUSED_N[fresh]}" "${SENT_N[fresh]}")"
 fi
 
-REPORT="$TMP/report.txt"
 {
     echo "currency API benchmark (GET $API_PATH), $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-    echo "host: $(nproc) CPUs, $(uname -r); wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency, keep-alive"
-    echo "rounds: $ROUNDS (targets interleaved; figures are medians over the rounds), warm-up $WARMUP per target"
-    echo "$BUILD_NOTE; git: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo none)$([ -z "$(git -C "$ROOT" status --porcelain 2>/dev/null)" ] || echo ' (+ local changes)')"
+    report_run_info
     [ "$ONLY_CEILINGS" = 1 ] || echo "client: $BENCH_CLIENT_ID (scope currency:read); reused token: ${#BENCH_TOKEN} bytes"
     echo "$KEY_NOTE"
     echo
-    fmt='%-30s %8s %9s %9s %13s %8s %15s\n'
-    # shellcheck disable=SC2059
-    printf "$fmt" "target" "req/s" "p50 ms" "p99 ms" "% of ceiling" "errors" "req/s min-max"
-    # shellcheck disable=SC2059
-    printf "$fmt" "------------------------------" "--------" "---------" "---------" "-------------" "--------" "---------------"
+    table_header
     for t in "${TARGETS[@]}"; do
         IFS='|' read -r key name _ _ <<<"$t"
         c="$(ceiling_of "$key")"
-        # shellcheck disable=SC2059
-        printf "$fmt" "$name" "${RPS[$key]}" "${P50[$key]}" "${P99[$key]}" \
+        table_row "$name" "${RPS[$key]}" "${P50[$key]}" "${P99[$key]}" \
             "$(pct "${RPS[$key]}" "${RPS[$c]}") $c" "${ERRS[$key]}" "$(minmax "${RPS_ALL[$key]}")"
     done
     echo
@@ -584,7 +376,6 @@ REPORT="$TMP/report.txt"
     echo "       a fresh token per request >= ${GOAL_FRESH_PCT}% of the verify ceiling; no errors"
 } >"$REPORT"
 
-VERDICT_RC=0
 # verdict KEY GOAL LABEL [EXTRA-CONDITION-MESSAGE]
 verdict() {
     local key="$1" goal="$2" label="$3" c p ok=1 why=""
@@ -616,38 +407,7 @@ verdict() {
             verdict nginx "$GOAL_REUSED_PCT" "through nginx (informative)" || true
         fi
     fi
-    for t in "${TARGETS[@]}"; do
-        IFS='|' read -r key name _ _ <<<"$t"
-        if [ "${ERRS[$key]}" != 0 ]; then
-            echo "warning: $name had ${ERRS[$key]} failed requests (non-2xx or socket errors): its req/s is not a rate of answered requests"
-            if [ "$key" = nginx ]; then
-                echo "         (429s come from nginx's rate limit: run the stack with M2M_NGINX_ARGS=--no-limit scripts/run.sh)"
-            fi
-        fi
-    done
+    warn_errors "a rate of answered requests"
 } >>"$REPORT"
 
-mkdir -p "$BENCH/results"
-RESULT="$BENCH/results/currency-$(date '+%Y%m%d-%H%M%S').txt"
-{
-    cat "$REPORT"
-    echo
-    echo "==== raw wrk output"
-    for round in $(seq "$ROUNDS"); do
-        for t in "${TARGETS[@]}"; do
-            IFS='|' read -r key name _ _ <<<"$t"
-            echo "---- round $round: $name"
-            cat "$TMP/wrk-$key-$round.txt"
-        done
-    done
-} >"$RESULT"
-
-echo
-cat "$REPORT"
-echo
-echo "written to ${RESULT#"$ROOT"/}"
-
-if [ "$STRICT" = 1 ] && [ "$VERDICT_RC" != 0 ]; then
-    exit "$VERDICT_RC"
-fi
-exit 0
+finish currency

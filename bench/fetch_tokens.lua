@@ -14,33 +14,8 @@
 -- done() prints one line:
 --   fetch_tokens.lua: requests=N status_errors=N socket_errors=N tokens=N
 
-local alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-
--- Standard base64 with padding (LuaJIT / Lua 5.1: arithmetic, no bit operators).
-local function base64(s)
-   local out = {}
-   for i = 1, #s, 3 do
-      local a, b, c = s:byte(i, i + 2)
-      local n = a * 65536 + (b or 0) * 256 + (c or 0)
-      local c1 = math.floor(n / 262144) % 64
-      local c2 = math.floor(n / 4096) % 64
-      local c3 = math.floor(n / 64) % 64
-      local c4 = n % 64
-      out[#out + 1] = alphabet:sub(c1 + 1, c1 + 1)
-         .. alphabet:sub(c2 + 1, c2 + 1)
-         .. (b and alphabet:sub(c3 + 1, c3 + 1) or "=")
-         .. (c and alphabet:sub(c4 + 1, c4 + 1) or "=")
-   end
-   return table.concat(out)
-end
-
--- application/x-www-form-urlencoded encoding of one value.
-local function form_encode(s)
-   s = s:gsub("[^%w%-%._~ ]", function(ch)
-      return string.format("%%%02X", ch:byte())
-   end)
-   return (s:gsub(" ", "+"))
-end
+-- base64 and form encoding: bench/lib.lua, next to this script.
+local lib = dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "") .. "lib.lua")
 
 local client_id = os.getenv("BENCH_CLIENT_ID") or ""
 local client_secret = os.getenv("BENCH_CLIENT_SECRET") or ""
@@ -49,8 +24,7 @@ wrk.method = "POST"
 wrk.body = "grant_type=client_credentials"
 wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
 wrk.headers["Accept"] = "application/json"
-wrk.headers["Authorization"] = "Basic "
-   .. base64(form_encode(client_id) .. ":" .. form_encode(client_secret))
+wrk.headers["Authorization"] = lib.basic_auth(client_id, client_secret)
 
 local threads = {}
 local next_id = 0

@@ -9,6 +9,7 @@
 typedef struct {
     char *listen_addr;
     long port;
+    char *metrics_addr;
     long metrics_port;
     long threads;
     long blocking_threads;

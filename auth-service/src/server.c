@@ -209,6 +209,7 @@ int auth_serve(const auth_config *cfg)
                 .ctx = &ctx},
         .internal_routes = internal_routes,
         .ninternal = sizeof(internal_routes) / sizeof(internal_routes[0]),
+        .internal_addr = cfg->metrics_addr,
         .internal_port = (unsigned)cfg->metrics_port,
         .prepare = prepare,
         .arg = &ctx};

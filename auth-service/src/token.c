@@ -155,7 +155,11 @@ static m2m_err check_resources(auth_ctx *ctx, const m2m_form *params, const char
             json_decref(list);
             return M2M_ERR_INVALID_TARGET;
         }
-        json_array_append_new(list, json_string(v));
+        bool seen = false; /* resource=X&resource=X is one audience, not two */
+        for (size_t k = 0; k < json_array_size(list); k++)
+            seen = seen || strcmp(json_string_value(json_array_get(list, k)), v) == 0;
+        if (!seen)
+            json_array_append_new(list, json_string(v));
     }
     aud = json_array_size(list) == 1 ? json_incref(json_array_get(list, 0)) : json_incref(list);
     json_decref(list);

@@ -37,7 +37,7 @@ int m2m_service_run(const m2m_service *svc)
     int status = 1;
 
     m2m_http_cfg ic = {.service = svc->api.service,
-                       .bind_addr = svc->api.bind_addr,
+                       .bind_addr = svc->internal_addr ? svc->internal_addr : "127.0.0.1",
                        .port = svc->internal_port,
                        .threads = 1,
                        .blocking_threads = 1,

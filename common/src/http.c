@@ -49,6 +49,7 @@ struct m2m_http_server {
     char rid_prefix[12];
     atomic_uint_fast64_t rid_seq;
     atomic_int inflight;         /* requests between their first call and completion */
+    atomic_bool stopping;        /* replies say Connection: close from then on */
     atomic_int inflight_streams; /* of which replying with a stream */
     pthread_mutex_t streams_lock;
     m2m_stream *streams;  /* streams whose connection still holds them */
@@ -687,6 +688,9 @@ static enum MHD_Result req_queue(m2m_req *r)
     /* nginx would otherwise hold events back in its proxy buffer */
     if (streaming && !has_accel)
         MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+    /* Stopping: keep-alive clients should take their next request elsewhere. */
+    if (atomic_load_explicit(&r->srv->stopping, memory_order_relaxed))
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     enum MHD_Result ret = MHD_queue_response(r->conn, (unsigned)r->status, resp);
     MHD_destroy_response(resp);
     return ret;
@@ -848,25 +852,26 @@ static void *pool_main(void *arg)
 static m2m_err pool_start(m2m_http_server *s)
 {
     blocking_pool *p = &s->pool;
+    unsigned want = s->cfg.blocking_threads ? s->cfg.blocking_threads : 4;
     p->cap = s->cfg.blocking_queue ? s->cfg.blocking_queue : 256;
-    p->nthreads = s->cfg.blocking_threads ? s->cfg.blocking_threads : 4;
+    p->nthreads = 0; /* counts threads actually running: pool_drain joins those */
     pthread_mutex_init(&p->lock, NULL);
     pthread_cond_init(&p->ready, NULL);
     p->ring = calloc(p->cap, sizeof(*p->ring));
-    p->threads = calloc(p->nthreads, sizeof(*p->threads));
+    p->threads = calloc(want, sizeof(*p->threads));
     if (!p->ring || !p->threads)
         return M2M_ERR_NOMEM;
-    for (unsigned i = 0; i < p->nthreads; i++) {
-        if (pthread_create(&p->threads[i], NULL, pool_main, s) != 0) {
-            p->nthreads = i;
+    for (unsigned i = 0; i < want; i++) {
+        if (pthread_create(&p->threads[i], NULL, pool_main, s) != 0)
             return M2M_ERR_NOMEM;
-        }
+        p->nthreads++;
     }
     return M2M_OK;
 }
 
-/* Runs what is queued, then joins the threads. */
-static void pool_stop(blocking_pool *p)
+/* Runs what is queued, then joins the threads. The lock stays valid: MHD
+ * threads may still try pool_push (and get "busy") until MHD stops. */
+static void pool_drain(blocking_pool *p)
 {
     pthread_mutex_lock(&p->lock);
     p->stopping = true;
@@ -874,6 +879,13 @@ static void pool_stop(blocking_pool *p)
     pthread_mutex_unlock(&p->lock);
     for (unsigned i = 0; i < p->nthreads; i++)
         pthread_join(p->threads[i], NULL);
+    p->nthreads = 0;
+}
+
+/* After MHD has stopped: nobody can push any more. */
+static void pool_destroy(blocking_pool *p)
+{
+    pool_drain(p);
     free(p->threads);
     free(p->ring);
     pthread_cond_destroy(&p->ready);
@@ -1030,7 +1042,7 @@ m2m_err m2m_http_server_start(const m2m_http_cfg *cfg, m2m_http_server **out)
 out:
     if (rc) {
         if (pool_started)
-            pool_stop(&s->pool);
+            pool_destroy(&s->pool);
         free(s->route_metric);
         pthread_mutex_destroy(&s->streams_lock);
         free(s);
@@ -1057,6 +1069,7 @@ void m2m_http_server_stop(m2m_http_server *s)
      * streams whose peer does not read what is left are not waited for
      * after 2 s: MHD_stop_daemon closes them), then stop. The quiesced
      * listening socket is ours to close. */
+    atomic_store(&s->stopping, true);
     MHD_socket lfd = MHD_quiesce_daemon(s->mhd);
     streams_close_all(s);
     for (int ms = 0; ms < STOP_WAIT_MS; ms += 10) {
@@ -1068,8 +1081,9 @@ void m2m_http_server_stop(m2m_http_server *s)
         struct timespec ts = {0, 10 * 1000000L};
         nanosleep(&ts, NULL);
     }
-    pool_stop(&s->pool); /* runs and resumes whatever is still queued */
+    pool_drain(&s->pool); /* runs and resumes whatever is still queued */
     MHD_stop_daemon(s->mhd);
+    pool_destroy(&s->pool);
     if (lfd != MHD_INVALID_SOCKET)
         close(lfd);
     /* Every connection has ended, so every stream has left the list; the

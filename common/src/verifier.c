@@ -859,6 +859,10 @@ static m2m_err on_unknown_kid(m2m_verifier *v, const char *token, size_t len, bo
     if (atomic_load(&v->attempts) != seen) {
         /* A fetch finished after our verify began: its keys may know it. */
         again = true;
+    } else if (!may_block && v->fetching) {
+        /* A fetch is under way: deferring would park a blocking thread on it
+         * for up to the fetch timeout, and forged kids could park them all. */
+        *reason = "unknown kid";
     } else if (v->fetching || mono_ms() - v->last_attempt_ms >= v->refetch_min_ms) {
         if (!may_block) {
             rc = M2M_ERR_WOULD_BLOCK;

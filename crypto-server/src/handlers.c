@@ -229,14 +229,16 @@ void currency_handle_stream(m2m_req *req, void *arg)
 
     if (!authorize(ctx, req, currency_handle_stream, SCOPE_READ, false, &info))
         return;
-    if (streams_count(ctx->subs) >= (size_t)ctx->cfg->max_streams) {
+    if (!streams_reserve(ctx->subs)) {
         m2m_reply_header(req, "Retry-After", "5");
         m2m_reply_error(req, M2M_ERR_UNAVAILABLE, "too many stream subscribers");
         return;
     }
     m2m_stream *st = m2m_reply_stream(req, "text/event-stream");
-    if (!st)
+    if (!st) { /* a 503 went out instead; give the place back */
+        streams_unreserve(ctx->subs);
         return;
+    }
     /* The current rates at once, so a subscriber need not wait for a tick;
      * "retry" tells EventSource clients how soon to reconnect. */
     size_t len = 0;
@@ -246,10 +248,7 @@ void currency_handle_stream(m2m_req *req, void *arg)
         m2m_stream_send(st, ev, (size_t)n);
     free(ev);
     free(json);
-    if (streams_add(ctx->subs, st) != M2M_OK) {
-        m2m_stream_close(st);
-        m2m_stream_release(st);
-    }
+    streams_add(ctx->subs, st);
 }
 
 void currency_handle_set(m2m_req *req, void *arg)

@@ -22,6 +22,7 @@ struct rates_store {
     char *all; /* the array of every rate */
     size_t all_len;
     uint64_t version;
+    long long newest_ms; /* latest updated_at loaded: older snapshots are refused */
 };
 
 rates_store *rates_new(void)
@@ -125,10 +126,14 @@ m2m_err rates_load(rates_store *s, const PGresult *res)
     m2m_err rc = M2M_ERR_NOMEM;
     int rows = PQntuples(res);
 
+    long long newest = 0;
     m2m_buf_init(&all, (size_t)RATES_MAX * 512);
     if (rows > RATES_MAX || m2m_buf_appends(&all, "["))
         goto out;
     for (int i = 0; i < rows; i++) {
+        long long ms = strtoll(PQgetvalue(res, i, 3), NULL, 10);
+        if (ms > newest)
+            newest = ms;
         snprintf(one[n].symbol, sizeof(one[n].symbol), "%s", PQgetvalue(res, i, 0));
         one[n].json = render_one(PQgetvalue(res, i, 0), PQgetvalue(res, i, 1),
                                  PQgetvalue(res, i, 2), strtoll(PQgetvalue(res, i, 3), NULL, 10));
@@ -142,6 +147,14 @@ m2m_err rates_load(rates_store *s, const PGresult *res)
     all_text = m2m_buf_steal(&all);
 
     pthread_rwlock_wrlock(&s->lock);
+    if (newest < s->newest_ms) {
+        /* A PUT's reload and an updater tick raced, and this snapshot was
+         * read first: keep the newer one we have. */
+        pthread_rwlock_unlock(&s->lock);
+        rc = M2M_OK;
+        goto out;
+    }
+    s->newest_ms = newest;
     rate_body old[RATES_MAX];
     size_t old_n = s->n;
     char *old_all = s->all;

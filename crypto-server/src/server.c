@@ -115,6 +115,7 @@ int currency_serve(const currency_config *cfg)
                 .ctx = &ctx},
         .internal_routes = internal_routes,
         .ninternal = sizeof(internal_routes) / sizeof(internal_routes[0]),
+        .internal_addr = cfg->metrics_addr,
         .internal_port = (unsigned)cfg->metrics_port,
         .prepare = prepare,
         .before_stop = before_stop,

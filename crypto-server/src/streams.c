@@ -9,6 +9,7 @@ struct streams {
     pthread_mutex_t lock;
     m2m_stream **v;
     size_t n, max;
+    size_t reserved; /* places promised by streams_reserve, not filled yet */
 };
 
 streams *streams_new(size_t max)
@@ -47,16 +48,29 @@ void streams_free(streams *s)
     free(s);
 }
 
-m2m_err streams_add(streams *s, m2m_stream *st)
+bool streams_reserve(streams *s)
 {
-    m2m_err rc = M2M_ERR_UNAVAILABLE;
     pthread_mutex_lock(&s->lock);
-    if (s->n < s->max) {
-        s->v[s->n++] = st;
-        rc = M2M_OK;
-    }
+    bool ok = s->n + s->reserved < s->max;
+    if (ok)
+        s->reserved++;
     pthread_mutex_unlock(&s->lock);
-    return rc;
+    return ok;
+}
+
+void streams_unreserve(streams *s)
+{
+    pthread_mutex_lock(&s->lock);
+    s->reserved--;
+    pthread_mutex_unlock(&s->lock);
+}
+
+void streams_add(streams *s, m2m_stream *st)
+{
+    pthread_mutex_lock(&s->lock);
+    s->reserved--;
+    s->v[s->n++] = st; /* n + reserved <= max held this place */
+    pthread_mutex_unlock(&s->lock);
 }
 
 void streams_broadcast(streams *s, const char *data, size_t len)

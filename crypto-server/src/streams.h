@@ -13,8 +13,12 @@ typedef struct streams streams;
 streams *streams_new(size_t max);
 /* Closes every stream and frees. */
 void streams_free(streams *s);
-/* Takes a reference to st; M2M_ERR_UNAVAILABLE when at capacity. */
-m2m_err streams_add(streams *s, m2m_stream *st);
+/* Holds a place for one subscriber before its reply goes out, so a full
+ * house answers 503 rather than a stream that ends at once. false: full. */
+bool streams_reserve(streams *s);
+void streams_unreserve(streams *s);
+/* Fills a reserved place, taking a reference to st. */
+void streams_add(streams *s, m2m_stream *st);
 /* Sends to every subscriber; drops those that are gone or too slow. */
 /* Ends every stream (their connections finish) and forgets them. */
 void streams_close_all(streams *s);

@@ -23,6 +23,7 @@ typedef struct {
     m2m_http_cfg api; /* its ctx is also the internal routes' ctx */
     const m2m_route *internal_routes;
     size_t ninternal;
+    const char *internal_addr; /* loopback unless the operator says otherwise */
     unsigned internal_port;
     m2m_err (*prepare)(void *arg);   /* NULL: nothing to prepare */
     void (*before_stop)(void *arg);  /* e.g. end streams; may be NULL */
