@@ -68,21 +68,12 @@ bool auth_client_cache_listening(auth_client_cache *c)
 
 /* ---- the listener ------------------------------------------------------ */
 
-static void on_notice(void *arg, const char *message)
-{
-    (void)arg;
-    M2M_DEBUG("db_notice", "%.*s", (int)strcspn(message, "\n"), message);
-}
-
 static PGconn *listen_connect(auth_client_cache *c)
 {
-    PGconn *conn = PQconnectdb(c->conninfo);
+    PGconn *conn = m2m_db_connect(c->conninfo);
     PGresult *r = NULL;
-    if (PQstatus(conn) != CONNECTION_OK)
-        goto fail;
-    /* "terminating connection due to administrator command" and the like
-     * would otherwise go to stderr as plain text. */
-    PQsetNoticeProcessor(conn, on_notice, NULL);
+    if (!conn)
+        return NULL;
     r = PQexec(conn, "LISTEN " LISTEN_CHANNEL);
     if (PQresultStatus(r) != PGRES_COMMAND_OK)
         goto fail;

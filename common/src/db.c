@@ -104,6 +104,21 @@ static void on_notice(void *arg, const char *message)
     M2M_DEBUG("db_notice", "%.*s", (int)strcspn(message, "\n"), message);
 }
 
+PGconn *m2m_db_connect(const char *conninfo)
+{
+    PGconn *conn = PQconnectdb(conninfo);
+    if (PQstatus(conn) != CONNECTION_OK) {
+        char msg[256];
+        snprintf(msg, sizeof(msg), "%s", conn ? PQerrorMessage(conn) : "out of memory");
+        msg[strcspn(msg, "\n")] = '\0';
+        M2M_WARN("db_connect_failed", "%s", msg);
+        PQfinish(conn);
+        return NULL;
+    }
+    PQsetNoticeProcessor(conn, on_notice, NULL);
+    return conn;
+}
+
 /* This thread's connection, connected if need be. */
 static m2m_err get_conn(m2m_db *db, db_thread **out)
 {
@@ -122,17 +137,11 @@ static m2m_err get_conn(m2m_db *db, db_thread **out)
     drop_conn(t);
     if (backoff_active(t))
         return M2M_ERR_DB_UNAVAILABLE;
-    t->conn = PQconnectdb(db->conninfo);
-    if (PQstatus(t->conn) != CONNECTION_OK) {
-        char msg[256];
-        snprintf(msg, sizeof(msg), "%s", t->conn ? PQerrorMessage(t->conn) : "out of memory");
-        msg[strcspn(msg, "\n")] = '\0';
-        M2M_WARN("db_connect_failed", "%s", msg);
-        drop_conn(t);
+    t->conn = m2m_db_connect(db->conninfo);
+    if (!t->conn) {
         backoff_start(t);
         return M2M_ERR_DB_UNAVAILABLE;
     }
-    PQsetNoticeProcessor(t->conn, on_notice, NULL);
     return M2M_OK;
 }
 

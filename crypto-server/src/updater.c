@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "m2m/db.h"
 #include "m2m/log.h"
 
 #define LEADER_LOCK "m2m.currency.updater"
@@ -33,12 +34,6 @@ static long long now_ms(void)
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static void on_notice(void *arg, const char *message)
-{
-    (void)arg;
-    M2M_DEBUG("db_notice", "%.*s", (int)strcspn(message, "\n"), message);
-}
-
 static void drop_conn(updater *u)
 {
     if (u->conn)
@@ -53,13 +48,9 @@ static bool ensure_conn(updater *u)
     if (u->conn && PQstatus(u->conn) == CONNECTION_OK)
         return true;
     drop_conn(u);
-    u->conn = PQconnectdb(u->cfg->database_url);
-    if (PQstatus(u->conn) != CONNECTION_OK) {
-        PQfinish(u->conn);
-        u->conn = NULL;
+    u->conn = m2m_db_connect(u->cfg->database_url);
+    if (!u->conn)
         return false;
-    }
-    PQsetNoticeProcessor(u->conn, on_notice, NULL);
     atomic_store(&u->st.db_ok, true);
     return true;
 }

@@ -21,6 +21,12 @@ typedef struct {
 m2m_err m2m_db_open(const char *conninfo, m2m_db **out);
 void m2m_db_close(m2m_db *db);
 
+/* A connection of its own, for what the per-thread ones cannot do (LISTEN,
+ * session-level locks): connected, with server notices routed to the JSON
+ * log instead of stderr; NULL (and a warning logged) when the server cannot
+ * be reached. PQfinish() it. */
+PGconn *m2m_db_connect(const char *conninfo);
+
 /* Runs one statement with text parameters ($1..$n, NULL = SQL NULL).
  * On success *res holds the result (PQclear it); on failure *res is NULL.
  * A broken connection is re-established once before giving up. */
