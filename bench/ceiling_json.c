@@ -35,14 +35,16 @@
 
 #include <microhttpd.h>
 
+#include "ceiling_serve.h"
+
 static const char g_body[] = "{\"symbol\":\"BTC\",\"name\":\"Bitcoin\",\"rate\":67250.12,"
                              "\"last_updated\":\"2026-11-22T10:00:00.000Z\"}";
 
 /* A marker for "headers seen". Stateless otherwise. */
 static int g_seen;
 
-static enum MHD_Result reply(struct MHD_Connection *conn, unsigned int status,
-                             const char *body, size_t len)
+static enum MHD_Result reply(struct MHD_Connection *conn, unsigned int status, const char *body,
+                             size_t len)
 {
     struct MHD_Response *resp;
     enum MHD_Result rc;
@@ -58,9 +60,8 @@ static enum MHD_Result reply(struct MHD_Connection *conn, unsigned int status,
 }
 
 static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char *url,
-                              const char *method, const char *version,
-                              const char *upload_data, size_t *upload_data_size,
-                              void **con_cls)
+                              const char *method, const char *version, const char *upload_data,
+                              size_t *upload_data_size, void **con_cls)
 {
     (void)cls;
     (void)url;
@@ -84,27 +85,9 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
     return reply(conn, MHD_HTTP_OK, g_body, sizeof g_body - 1);
 }
 
-static int parse_uint(const char *s, long max, long *out)
-{
-    char *end;
-    long v;
-
-    errno = 0;
-    v = strtol(s, &end, 10);
-    if (errno || end == s || *end != '\0' || v < 0 || v > max)
-        return -1;
-    *out = v;
-    return 0;
-}
-
 int main(int argc, char **argv)
 {
-    struct sockaddr_in addr;
-    struct MHD_Daemon *d = NULL;
-    const union MHD_DaemonInfo *info;
-    sigset_t set;
     long port, threads;
-    int sig, rc = 1;
 
     if (argc < 2 || argc > 3 || parse_uint(argv[1], 65535, &port)) {
         fprintf(stderr, "usage: %s PORT [THREADS]\n", argv[0]);
@@ -118,38 +101,5 @@ int main(int argc, char **argv)
         return 2;
     }
 
-    /* Block the stop signals in every thread (MHD's inherit the mask); main waits. */
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
-    signal(SIGPIPE, SIG_IGN);
-
-    memset(&addr, 0, sizeof addr);
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons((uint16_t)port);
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-
-    d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG,
-                         (uint16_t)port, NULL, NULL, handle, NULL,
-                         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
-                         MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)threads,
-                         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)30,
-                         MHD_OPTION_CONNECTION_LIMIT, (unsigned int)1024,
-                         MHD_OPTION_END);
-    if (!d) {
-        fprintf(stderr, "%s: cannot start the server on 127.0.0.1:%ld\n", argv[0], port);
-        goto out;
-    }
-    info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
-    printf("port %u\n", info ? (unsigned int)info->port : (unsigned int)port);
-    fflush(stdout);
-
-    if (sigwait(&set, &sig) == 0)
-        fprintf(stderr, "%s: signal %d, stopping\n", argv[0], sig);
-    rc = 0;
-out:
-    if (d)
-        MHD_stop_daemon(d);
-    return rc;
+    return ceiling_serve(argv[0], port, threads, handle);
 }

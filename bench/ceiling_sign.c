@@ -43,6 +43,8 @@
 #include <openssl/pem.h>
 #include <openssl/rand.h>
 
+#include "ceiling_serve.h"
+
 #define TOKEN_LIFETIME 900
 
 /* base64url("{"alg":"ES256","typ":"at+jwt","kid":"bench"}"), computed at start. */
@@ -142,8 +144,8 @@ out:
     return ret;
 }
 
-static enum MHD_Result reply(struct MHD_Connection *conn, unsigned int status,
-                             const char *body, size_t len)
+static enum MHD_Result reply(struct MHD_Connection *conn, unsigned int status, const char *body,
+                             size_t len)
 {
     struct MHD_Response *resp;
     enum MHD_Result rc;
@@ -159,9 +161,8 @@ static enum MHD_Result reply(struct MHD_Connection *conn, unsigned int status,
 }
 
 static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char *url,
-                              const char *method, const char *version,
-                              const char *upload_data, size_t *upload_data_size,
-                              void **con_cls)
+                              const char *method, const char *version, const char *upload_data,
+                              size_t *upload_data_size, void **con_cls)
 {
     char token[1024];
     char body[1200];
@@ -194,8 +195,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
         return reply(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, e, sizeof e - 1);
     }
     len = snprintf(body, sizeof body,
-                   "{\"access_token\":\"%s\",\"token_type\":\"Bearer\",\"expires_in\":%d}",
-                   token, TOKEN_LIFETIME);
+                   "{\"access_token\":\"%s\",\"token_type\":\"Bearer\",\"expires_in\":%d}", token,
+                   TOKEN_LIFETIME);
     if (len < 0 || (size_t)len >= sizeof body) {
         static const char e[] = "{\"error\":\"server_error\"}";
         return reply(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, e, sizeof e - 1);
@@ -203,28 +204,11 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
     return reply(conn, MHD_HTTP_OK, body, (size_t)len);
 }
 
-static int parse_uint(const char *s, long max, long *out)
-{
-    char *end;
-    long v;
-
-    errno = 0;
-    v = strtol(s, &end, 10);
-    if (errno || end == s || *end != '\0' || v < 0 || v > max)
-        return -1;
-    *out = v;
-    return 0;
-}
-
 int main(int argc, char **argv)
 {
     static const char header[] = "{\"alg\":\"ES256\",\"typ\":\"at+jwt\",\"kid\":\"bench\"}";
-    struct sockaddr_in addr;
-    struct MHD_Daemon *d = NULL;
-    const union MHD_DaemonInfo *info;
-    sigset_t set;
     long port, threads;
-    int sig, rc = 1;
+    int rc = 1;
 
     if (argc < 2 || argc > 3 || parse_uint(argv[1], 65535, &port)) {
         fprintf(stderr, "usage: %s PORT [THREADS]\n", argv[0]);
@@ -246,39 +230,7 @@ int main(int argc, char **argv)
     PEM_write_PUBKEY(stderr, g_key);
     g_header_b64_len = b64url(g_header_b64, (const unsigned char *)header, sizeof header - 1);
 
-    /* Block the stop signals in every thread (MHD's inherit the mask); main waits. */
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
-    signal(SIGPIPE, SIG_IGN);
-
-    memset(&addr, 0, sizeof addr);
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons((uint16_t)port);
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-
-    d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG,
-                         (uint16_t)port, NULL, NULL, handle, NULL,
-                         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
-                         MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)threads,
-                         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)30,
-                         MHD_OPTION_CONNECTION_LIMIT, (unsigned int)1024,
-                         MHD_OPTION_END);
-    if (!d) {
-        fprintf(stderr, "%s: cannot start the server on 127.0.0.1:%ld\n", argv[0], port);
-        goto out;
-    }
-    info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
-    printf("port %u\n", info ? (unsigned int)info->port : (unsigned int)port);
-    fflush(stdout);
-
-    if (sigwait(&set, &sig) == 0)
-        fprintf(stderr, "%s: signal %d, stopping\n", argv[0], sig);
-    rc = 0;
-out:
-    if (d)
-        MHD_stop_daemon(d);
+    rc = ceiling_serve(argv[0], port, threads, handle);
     EVP_PKEY_free(g_key);
     return rc;
 }

@@ -51,9 +51,11 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 
-#define TOKEN_MAX 8192 /* longer Authorization values are refused */
-#define SIG_LEN 64     /* raw r||s */
-#define SIG_B64_LEN 86 /* base64url of 64 bytes, no padding */
+#include "ceiling_serve.h"
+
+#define TOKEN_MAX   8192 /* longer Authorization values are refused */
+#define SIG_LEN     64   /* raw r||s */
+#define SIG_B64_LEN 86   /* base64url of 64 bytes, no padding */
 
 static const char g_body[] = "{\"symbol\":\"BTC\",\"name\":\"Bitcoin\",\"rate\":67250.12,"
                              "\"last_updated\":\"2026-11-22T10:00:00.000Z\"}";
@@ -171,8 +173,8 @@ static int token_ok(const char *auth)
     return ok;
 }
 
-static enum MHD_Result reply(struct MHD_Connection *conn, unsigned int status,
-                             const char *body, size_t len, const char *www_authenticate)
+static enum MHD_Result reply(struct MHD_Connection *conn, unsigned int status, const char *body,
+                             size_t len, const char *www_authenticate)
 {
     struct MHD_Response *resp;
     enum MHD_Result rc;
@@ -190,9 +192,8 @@ static enum MHD_Result reply(struct MHD_Connection *conn, unsigned int status,
 }
 
 static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char *url,
-                              const char *method, const char *version,
-                              const char *upload_data, size_t *upload_data_size,
-                              void **con_cls)
+                              const char *method, const char *version, const char *upload_data,
+                              size_t *upload_data_size, void **con_cls)
 {
     static const char unauthorized[] = "{\"error\":\"invalid_token\"}";
 
@@ -215,24 +216,11 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
         static const char e[] = "{\"error\":\"method_not_allowed\"}";
         return reply(conn, MHD_HTTP_METHOD_NOT_ALLOWED, e, sizeof e - 1, NULL);
     }
-    if (!token_ok(MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
-                                              MHD_HTTP_HEADER_AUTHORIZATION)))
+    if (!token_ok(
+            MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION)))
         return reply(conn, MHD_HTTP_UNAUTHORIZED, unauthorized, sizeof unauthorized - 1,
                      "Bearer error=\"invalid_token\"");
     return reply(conn, MHD_HTTP_OK, g_body, sizeof g_body - 1, NULL);
-}
-
-static int parse_uint(const char *s, long max, long *out)
-{
-    char *end;
-    long v;
-
-    errno = 0;
-    v = strtol(s, &end, 10);
-    if (errno || end == s || *end != '\0' || v < 0 || v > max)
-        return -1;
-    *out = v;
-    return 0;
 }
 
 /* Loads a P-256 public key from a PEM file; NULL (with a message) otherwise. */
@@ -254,8 +242,8 @@ static EVP_PKEY *load_key(const char *path)
         return NULL;
     }
     if (!EVP_PKEY_is_a(k, "EC") ||
-        EVP_PKEY_get_utf8_string_param(k, OSSL_PKEY_PARAM_GROUP_NAME, group, sizeof group,
-                                       NULL) != 1 ||
+        EVP_PKEY_get_utf8_string_param(k, OSSL_PKEY_PARAM_GROUP_NAME, group, sizeof group, NULL) !=
+            1 ||
         (strcmp(group, "prime256v1") != 0 && strcmp(group, "P-256") != 0)) {
         fprintf(stderr, "%s: not a P-256 key (group '%s')\n", path, group);
         EVP_PKEY_free(k);
@@ -266,12 +254,8 @@ static EVP_PKEY *load_key(const char *path)
 
 int main(int argc, char **argv)
 {
-    struct sockaddr_in addr;
-    struct MHD_Daemon *d = NULL;
-    const union MHD_DaemonInfo *info;
-    sigset_t set;
     long port, threads;
-    int sig, rc = 1;
+    int rc = 1;
 
     if (argc < 3 || argc > 4 || parse_uint(argv[1], 65535, &port)) {
         fprintf(stderr, "usage: %s PORT PUBKEY.pem [THREADS]\n", argv[0]);
@@ -296,39 +280,8 @@ int main(int argc, char **argv)
         goto out;
     }
 
-    /* Block the stop signals in every thread (MHD's inherit the mask); main waits. */
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
-    signal(SIGPIPE, SIG_IGN);
-
-    memset(&addr, 0, sizeof addr);
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons((uint16_t)port);
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-
-    d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG,
-                         (uint16_t)port, NULL, NULL, handle, NULL,
-                         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
-                         MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)threads,
-                         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)30,
-                         MHD_OPTION_CONNECTION_LIMIT, (unsigned int)1024,
-                         MHD_OPTION_END);
-    if (!d) {
-        fprintf(stderr, "%s: cannot start the server on 127.0.0.1:%ld\n", argv[0], port);
-        goto out;
-    }
-    info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
-    printf("port %u\n", info ? (unsigned int)info->port : (unsigned int)port);
-    fflush(stdout);
-
-    if (sigwait(&set, &sig) == 0)
-        fprintf(stderr, "%s: signal %d, stopping\n", argv[0], sig);
-    rc = 0;
+    rc = ceiling_serve(argv[0], port, threads, handle);
 out:
-    if (d)
-        MHD_stop_daemon(d);
     EVP_MD_CTX_free(g_verify_tmpl);
     EVP_PKEY_free(g_key);
     return rc;
