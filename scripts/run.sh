@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The local stack: PostgreSQL (private cluster in var/pg), auth-service and
-# nginx under supervisord. Everything listens on 127.0.0.1; state lives in var/.
+# The local stack: PostgreSQL (private cluster in var/pg), auth-service,
+# crypto-server, crypto-client (the agent) and nginx under supervisord.
+# Everything listens on 127.0.0.1; state lives in var/.
 #
 #   scripts/run.sh [--no-deps] [--no-build]    run in the foreground; Ctrl-C stops all
 #   scripts/run.sh --detach [...]              start, wait until healthy, return
@@ -10,7 +11,8 @@
 #                                              stack's environment, e.g. client create --id admin-cli
 #
 # Environment: PGPORT_LOCAL (default 5433), M2M_NGINX_ARGS (extra options for
-# scripts/nginx-conf.sh, e.g. "--no-limit" for benchmarks).
+# scripts/nginx-conf.sh, e.g. "--no-limit" for benchmarks), M2M_AGENT_CLIENT_ID
+# (the agent's client id before any POST /api/configure; default crypto-client).
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -26,10 +28,19 @@ AUTH_PORT=9001
 AUTH_METRICS_PORT=9101
 CURRENCY_PORT=9002
 CURRENCY_METRICS_PORT=9102
+AGENT_LISTEN=127.0.0.1:8001
+AGENT_PORT=9003
+AGENT_METRICS_PORT=9103
+# The agent's client id until POST /api/configure sets another: the seed's
+# "curl -X POST http://localhost:8001/api/register" registers it, and the
+# secret the auth-service generates is kept in var/agent/state.json.
+AGENT_CLIENT_ID="${M2M_AGENT_CLIENT_ID:-crypto-client}"
 AUTH_BIN="${M2M_AUTH_BIN:-$ROOT/build/auth-service/auth-service}"
 CURRENCY_BIN="${M2M_CURRENCY_BIN:-$ROOT/build/crypto-server/crypto-server}"
+AGENT_BIN="${M2M_AGENT_BIN:-$ROOT/build/crypto-client/crypto-client}"
 HEALTH_URL="http://127.0.0.1:${LISTEN##*:}/api/auth/health"
 CURRENCY_HEALTH_URL="http://127.0.0.1:${LISTEN##*:}/api/currency/health"
+AGENT_HEALTH_URL="http://127.0.0.1:${AGENT_LISTEN##*:}/api/health"
 HEALTH_TIMEOUT=60
 
 usage() {
@@ -89,7 +100,8 @@ wait_healthy() {
     local sup_pid="$1" deadline=$((SECONDS + HEALTH_TIMEOUT))
     while ((SECONDS < deadline)); do
         if curl -fsS -m 2 -o /dev/null "$HEALTH_URL" 2>/dev/null &&
-            curl -fsS -m 2 -o /dev/null "$CURRENCY_HEALTH_URL" 2>/dev/null; then
+            curl -fsS -m 2 -o /dev/null "$CURRENCY_HEALTH_URL" 2>/dev/null &&
+            curl -fsS -m 2 -o /dev/null "$AGENT_HEALTH_URL" 2>/dev/null; then
             return 0
         fi
         kill -0 "$sup_pid" 2>/dev/null || {
@@ -112,7 +124,7 @@ wait_healthy() {
 show_logs() {
     local f
     for f in "$VAR/nginx/logs/error.log" "$VAR/log/nginx.log" "$VAR/log/supervisord.log" \
-        "$VAR/log/auth-service.log"; do
+        "$VAR/log/auth-service.log" "$VAR/log/crypto-server.log" "$VAR/log/crypto-client.log"; do
         [[ -s "$f" ]] || continue
         printf -- '--- last lines of %s\n' "$f" >&2
         tail -n 8 "$f" >&2
@@ -128,9 +140,15 @@ m2m stack is up. Logs: $VAR/log/   Database: $conninfo
   API:       http://localhost:8000/api/auth/...   (register, token, jwks.json, health)
              http://localhost:8000/api/currency/  (rates: GET /, /{SYM}, /{SYM}/history, /stream; PUT /{SYM})
   Metadata:  http://localhost:8000/.well-known/oauth-authorization-server
-  Metrics:   http://127.0.0.1:$AUTH_METRICS_PORT/metrics, http://127.0.0.1:$CURRENCY_METRICS_PORT/metrics   (internal, not proxied)
+  Agent:     http://localhost:8001/api/...   (configure, register, login, status, currencies)
+  Metrics:   http://127.0.0.1:$AUTH_METRICS_PORT/metrics, http://127.0.0.1:$CURRENCY_METRICS_PORT/metrics, http://127.0.0.1:$AGENT_METRICS_PORT/metrics   (internal, not proxied)
 
-First requests:
+Through the agent (client id $AGENT_CLIENT_ID; it gets and renews its tokens itself):
+  curl -X POST http://localhost:8001/api/register
+  curl -X POST http://localhost:8001/api/login
+  curl http://localhost:8001/api/currencies
+
+Directly:
   curl -X POST http://localhost:8000/api/auth/register -H "Content-Type: application/json" -d '{"client_id":"test","client_secret":"secret","app_name":"Test"}'
   curl -X POST http://localhost:8000/api/auth/token -H "Content-Type: application/json" -d '{"client_id":"test","client_secret":"secret"}'
   curl http://localhost:8000/api/currency/ -H "Authorization: Bearer <TOKEN>"
@@ -144,6 +162,8 @@ MSG
 check_paths() {
     [[ "$ROOT" != *[\'\"\\%[:space:]\;]* ]] ||
         m2m_die "the repository path must not contain spaces, quotes, '%' or ';': $ROOT"
+    [[ "$AGENT_CLIENT_ID" =~ ^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$ ]] ||
+        m2m_die "M2M_AGENT_CLIENT_ID: 1-128 characters of A-Z a-z 0-9 . _ : @ -, got '$AGENT_CLIENT_ID'"
 }
 
 prepare() {
@@ -161,10 +181,11 @@ prepare() {
     fi
     [[ -x "$AUTH_BIN" ]] || m2m_die "no auth-service binary at $AUTH_BIN"
     [[ -x "$CURRENCY_BIN" ]] || m2m_die "no crypto-server binary at $CURRENCY_BIN"
+    [[ -x "$AGENT_BIN" ]] || m2m_die "no crypto-client binary at $AGENT_BIN"
 
     m2m_header "database"
     mkdir -p -- "$VAR/log"
-    install -d -m 0700 -- "$VAR/run" "$VAR/auth-keys"
+    install -d -m 0700 -- "$VAR/run" "$VAR/auth-keys" "$VAR/agent"
     "$ROOT/scripts/pg.sh" init "$PGDIR" "$PGPORT"
     "$ROOT/scripts/pg.sh" start "$PGDIR"
     CONNINFO="$("$ROOT/scripts/pg.sh" bootstrap "$PGDIR" | tail -n 1)"
@@ -178,13 +199,16 @@ prepare() {
     # shellcheck disable=SC2206
     [[ -n "${M2M_NGINX_ARGS:-}" ]] && nginx_args=(${M2M_NGINX_ARGS})
     "$ROOT/scripts/nginx-conf.sh" "$VAR/nginx" --listen "$LISTEN" \
-        --auth "127.0.0.1:$AUTH_PORT" --currency "127.0.0.1:$CURRENCY_PORT" "${nginx_args[@]}"
+        --auth "127.0.0.1:$AUTH_PORT" --currency "127.0.0.1:$CURRENCY_PORT" \
+        --agent-listen "$AGENT_LISTEN" --agent "127.0.0.1:$AGENT_PORT" "${nginx_args[@]}"
     m2m_render "$ROOT/scripts/supervisord.conf.template" "$CONF" \
         ROOT="$ROOT" VAR="$VAR" AUTH_BIN="$AUTH_BIN" \
         AUTH_DATABASE_URL="${CONNINFO//%/%%}" \
         AUTH_PORT="$AUTH_PORT" AUTH_METRICS_PORT="$AUTH_METRICS_PORT" \
         CURRENCY_BIN="$CURRENCY_BIN" CURRENCY_DATABASE_URL="${currency_conninfo//%/%%}" \
-        CURRENCY_PORT="$CURRENCY_PORT" CURRENCY_METRICS_PORT="$CURRENCY_METRICS_PORT"
+        CURRENCY_PORT="$CURRENCY_PORT" CURRENCY_METRICS_PORT="$CURRENCY_METRICS_PORT" \
+        AGENT_BIN="$AGENT_BIN" AGENT_PORT="$AGENT_PORT" AGENT_METRICS_PORT="$AGENT_METRICS_PORT" \
+        AGENT_SERVER_URL="http://127.0.0.1:${LISTEN##*:}" AGENT_CLIENT_ID="$AGENT_CLIENT_ID"
     chmod 0600 -- "$CONF"
     m2m_info "wrote $CONF"
 }

@@ -49,9 +49,12 @@ static unsigned b64_value(unsigned c, unsigned c62, unsigned c63)
     return v | (ct_eq(v, 0) & (ct_eq(c, 'A') ^ 0xFF));
 }
 
-m2m_err m2m_b64url_encode(const uint8_t *in, size_t n, char *out, size_t outcap, size_t *outlen)
+/* Encodes with the alphabet ending in c62, c63; pad adds '=' to a multiple
+ * of four characters. */
+static m2m_err b64_encode_raw(const uint8_t *in, size_t n, char *out, size_t outcap,
+                              size_t *outlen, unsigned c62, unsigned c63, int pad)
 {
-    size_t i, o = 0;
+    size_t i, o = 0, need;
     uint32_t acc;
     m2m_err rc = M2M_OK;
 
@@ -61,33 +64,46 @@ m2m_err m2m_b64url_encode(const uint8_t *in, size_t n, char *out, size_t outcap,
         rc = M2M_ERR_INTERNAL;
         goto out;
     }
-    /* The first test keeps M2M_B64URL_LEN(n) + 1 from wrapping. */
-    if (n > (SIZE_MAX - 3) / 4 || outcap < M2M_B64URL_LEN(n) + 1) {
+    /* The first test keeps the length arithmetic from wrapping. */
+    need = pad ? M2M_B64_LEN(n) : M2M_B64URL_LEN(n);
+    if (n > (SIZE_MAX - 3) / 4 || outcap < need + 1) {
         rc = M2M_ERR_PAYLOAD_TOO_LARGE;
         goto out;
     }
     for (i = 0; i + 3 <= n; i += 3) {
         acc = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
-        out[o++] = b64_char(acc >> 18, '-', '_');
-        out[o++] = b64_char((acc >> 12) & 63, '-', '_');
-        out[o++] = b64_char((acc >> 6) & 63, '-', '_');
-        out[o++] = b64_char(acc & 63, '-', '_');
+        out[o++] = b64_char(acc >> 18, c62, c63);
+        out[o++] = b64_char((acc >> 12) & 63, c62, c63);
+        out[o++] = b64_char((acc >> 6) & 63, c62, c63);
+        out[o++] = b64_char(acc & 63, c62, c63);
     }
     if (n - i == 1) {
         acc = (uint32_t)in[i] << 16;
-        out[o++] = b64_char(acc >> 18, '-', '_');
-        out[o++] = b64_char((acc >> 12) & 63, '-', '_');
+        out[o++] = b64_char(acc >> 18, c62, c63);
+        out[o++] = b64_char((acc >> 12) & 63, c62, c63);
     } else if (n - i == 2) {
         acc = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8;
-        out[o++] = b64_char(acc >> 18, '-', '_');
-        out[o++] = b64_char((acc >> 12) & 63, '-', '_');
-        out[o++] = b64_char((acc >> 6) & 63, '-', '_');
+        out[o++] = b64_char(acc >> 18, c62, c63);
+        out[o++] = b64_char((acc >> 12) & 63, c62, c63);
+        out[o++] = b64_char((acc >> 6) & 63, c62, c63);
     }
+    while (pad && o % 4)
+        out[o++] = '=';
     out[o] = '\0';
     if (outlen)
         *outlen = o;
 out:
     return rc;
+}
+
+m2m_err m2m_b64url_encode(const uint8_t *in, size_t n, char *out, size_t outcap, size_t *outlen)
+{
+    return b64_encode_raw(in, n, out, outcap, outlen, '-', '_', 0);
+}
+
+m2m_err m2m_b64_encode(const uint8_t *in, size_t n, char *out, size_t outcap, size_t *outlen)
+{
+    return b64_encode_raw(in, n, out, outcap, outlen, '+', '/', 1);
 }
 
 /* Decodes n unpadded characters of the alphabet ending in c62, c63. */

@@ -147,3 +147,24 @@ const char *m2m_form_get(const m2m_form *f, const char *key, size_t *count)
         *count = c;
     return first;
 }
+
+m2m_err m2m_pct_encode(m2m_buf *b, const char *in, size_t n)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    m2m_err rc = M2M_OK;
+    size_t i;
+
+    for (i = 0; i < n && !rc; i++) {
+        unsigned char c = (unsigned char)in[i];
+        char esc[3] = {'%', hex[c >> 4], hex[c & 15]};
+
+        if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+            c == '-' || c == '.' || c == '_' || c == '*')
+            rc = m2m_buf_append(b, in + i, 1);
+        else if (c == ' ')
+            rc = m2m_buf_append(b, "+", 1);
+        else
+            rc = m2m_buf_append(b, esc, 3);
+    }
+    return rc;
+}

@@ -162,8 +162,10 @@ class SSE:
     body as it arrives and yields events with their arrival time. Every read
     has a deadline."""
 
-    def __init__(self, port, path, headers=None, timeout=5.0):
+    def __init__(self, port, path, headers=None, timeout=5.0, tls=None):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        if tls is not None:  # an ssl.SSLContext: the stream over TLS
+            self.sock = tls.wrap_socket(self.sock, server_hostname="localhost")
         self.raw = b""  # bytes received, not yet decoded
         self.text = b""  # decoded body, not yet parsed into events
         self.eof = False
@@ -506,6 +508,51 @@ class CryptoServer(Daemon):
         return http("PUT", self.port, path, body=body, headers=headers, **kw)
 
 
+class Agent(Daemon):
+    """One crypto-client (the OAuth2 client agent): API port, internal port,
+    its own state file, talking to the suite through nginx (AGENT_SERVER_URL
+    = the nginx URL, like the seed's client)."""
+
+    count = 0
+    kind = "crypto-client"
+
+    def __init__(self, stack, name, env_overrides=None, port=None, metrics_port=None,
+                 state_file=None):
+        Agent.count += 1
+        self.stack = stack
+        self.name = name
+        self.binary = stack.agent_binary
+        self.port = port or free_port()
+        self.metrics_port = metrics_port or free_port()
+        self.log_path = stack.workdir / f"agent-{Agent.count:02d}-{name}.log"
+        self.state_file = Path(state_file) if state_file else \
+            stack.workdir / "agent-state" / f"{Agent.count:02d}-{name}" / "state.json"
+        self.env = stack.agent_env(self.port, self.metrics_port, self.state_file)
+        for k, v in (env_overrides or {}).items():
+            if v is None:
+                self.env.pop(k, None)
+            else:
+                self.env[k] = str(v)
+        self.proc = None
+        self.returncode = None
+        stack.agent_logs.append(self.log_path)
+
+    def health_ok(self):
+        r = http("GET", self.port, "/api/health", timeout=2)
+        return True if r.status == 200 else r
+
+    def status(self):
+        r = self.get("/api/status")
+        if r.status != 200:
+            raise AssertionError(f"agent ({self.name}) /api/status: {r!r}")
+        return r.json()
+
+    def configure(self, body):
+        if isinstance(body, dict) and isinstance(body.get("client_secret"), str):
+            self.stack.secrets.add(body["client_secret"])
+        return self.post("/api/configure", body)
+
+
 # ---- nginx -------------------------------------------------------------------
 
 
@@ -514,12 +561,27 @@ class Nginx:
         self.stack = stack
         self.port = port
         self.dir = stack.workdir / "nginx"
+        self.agent_port = free_port()  # the agent's listener (the seed's :8001)
+        # The TLS listener (the stack's :8443) and its self-signed certificate
+        # (scripts/tls-cert.sh): tls_dir/cert.pem is the trust root.
+        self.tls_port = free_port()
+        self.tls_dir = self.dir / "tls"
         self.proc = None
 
-    def start(self, auth_port, currency_port):
-        run([SCRIPTS / "nginx-conf.sh", self.dir, "--listen", f"127.0.0.1:{self.port}",
-             "--auth", f"127.0.0.1:{auth_port}", "--currency", f"127.0.0.1:{currency_port}"],
-            timeout=30)
+    def start(self, auth_port, currency_port, agent_port=None):
+        args = [SCRIPTS / "nginx-conf.sh", self.dir, "--listen", f"127.0.0.1:{self.port}",
+                "--auth", f"127.0.0.1:{auth_port}", "--currency", f"127.0.0.1:{currency_port}",
+                "--tls-listen", f"127.0.0.1:{self.tls_port}", "--tls-dir", self.tls_dir]
+        if agent_port:
+            args += ["--agent-listen", f"127.0.0.1:{self.agent_port}",
+                     "--agent", f"127.0.0.1:{agent_port}"]
+        # / and /docs/ (Swagger UI over the OpenAPI documents) as files, built
+        # by scripts/docs.sh; should that fail (no npm registry on a first
+        # run), nginx runs without them and only the docs cases fail.
+        self.static_dir, self.static_error = build_docs_site(self.stack.workdir / "static")
+        if self.static_dir:
+            args += ["--static", self.static_dir]
+        run(args, timeout=30)
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         self.errlog = open(self.dir / "logs" / "stderr.log", "ab")
         self.proc = subprocess.Popen([nginx, "-p", str(self.dir), "-e",
@@ -551,6 +613,12 @@ class Nginx:
     def post(self, path, body=None, headers=None, **kw):
         return http("POST", self.port, path, body=body, headers=headers, **kw)
 
+    def agent_get(self, path, **kw):
+        return http("GET", self.agent_port, path, **kw)
+
+    def agent_post(self, path, body=None, headers=None, **kw):
+        return http("POST", self.agent_port, path, body=body, headers=headers, **kw)
+
 
 # ---- the stack -----------------------------------------------------------------
 
@@ -563,6 +631,7 @@ class Stack:
             raise RuntimeError(f"{self.binary} not found: build first (cmake --build {build_dir})")
         # A missing or broken crypto-server fails the currency cases only.
         self.currency_binary = self.build_dir / "crypto-server" / "crypto-server"
+        self.agent_binary = self.build_dir / "crypto-client" / "crypto-client"
         self.asan = self._is_sanitized()
         self.workdir = Path(tempfile.mkdtemp(prefix="m2m-it-"))
         # nginx workers (nobody) must reach their directory; pg.sh adds o+x itself.
@@ -573,6 +642,9 @@ class Stack:
         self.processes = []
         self.auth_logs = []
         self.currency_logs = []
+        self.agent_logs = []
+        self.agent = None  # the main agent, behind nginx's agent listener
+        self.agent_error = None
         self.nginx_port = free_port()
         self.issuer = f"http://127.0.0.1:{self.nginx_port}"
         self.nginx = Nginx(self, self.nginx_port)
@@ -637,6 +709,20 @@ class Stack:
         env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
         return env
 
+    def agent_env(self, port, metrics_port, state_file):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_")}
+        env.update({
+            "AGENT_PORT": str(port),
+            "AGENT_METRICS_PORT": str(metrics_port),
+            "AGENT_SERVER_URL": self.issuer,  # through nginx, like the seed's client
+            "AGENT_STATE_FILE": str(state_file),
+            "AGENT_ACCESS_LOG": "true",
+            "AGENT_THREADS": "2",
+        })
+        env.setdefault("ASAN_OPTIONS", "detect_leaks=1")
+        env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
+        return env
+
     def setup(self):
         self.pg.setup()
         # The first start, on an empty key directory, is itself under test
@@ -672,11 +758,26 @@ class Stack:
                 cs.stop(timeout=5)
         currency_port = cs.port if cs is not None else free_port()
         self.currency_ports = (currency_port, cs.metrics_port if cs else free_port())
-        self.nginx.start(self.auth.port, currency_port)
+        # The main agent starts unconfigured (the seed's flow configures it);
+        # the agent cases report one that cannot start.
+        ag = None
+        try:
+            if not os.access(self.agent_binary, os.X_OK):
+                raise RuntimeError(f"{self.agent_binary} not found (not built?)")
+            ag = Agent(self, "main")
+            self.agent = ag.start()
+        except (RuntimeError, OSError) as e:
+            self.agent_error = str(e)
+            log(f"crypto-client did not start: the agent cases will fail:\n{str(e)[:2000]}")
+            if ag is not None:
+                ag.stop(timeout=5)
+        self.agent_port = ag.port if ag is not None else free_port()
+        self.nginx.start(self.auth.port, currency_port, self.agent_port)
         ensure_node_modules()
         log(f"stack up: issuer {self.issuer}, auth-service :{self.auth.port} "
             f"(metrics :{self.auth.metrics_port}), crypto-server :{self.currency_ports[0]} "
-            f"(metrics :{self.currency_ports[1]}), postgres :{self.pg.port}, "
+            f"(metrics :{self.currency_ports[1]}), crypto-client :{self.agent_port} "
+            f"(nginx :{self.nginx.agent_port}), postgres :{self.pg.port}, "
             f"{'ASan/UBSan' if self.asan else 'plain'} build {self.build_dir}")
 
     def restart_main(self):
@@ -702,6 +803,14 @@ class Stack:
         new.env = dict(old.env)
         self.currency = new.start()
         return self.currency
+
+    def start_agent_again(self, old):
+        """A new main agent on the ports and state file of `old` (stopped)."""
+        new = Agent(self, "main", port=old.port, metrics_port=old.metrics_port,
+                    state_file=old.state_file)
+        new.env = dict(old.env)
+        self.agent = new.start()
+        return self.agent
 
     def teardown(self):
         for p in list(self.processes):
@@ -784,6 +893,17 @@ def seed_key(key_dir):
 
 
 # ---- node helpers -----------------------------------------------------------------
+
+
+def build_docs_site(out):
+    """scripts/docs.sh OUT (npm ci of docs/ the first time, then cached):
+    (OUT, None), or (None, why) when it fails."""
+    try:
+        run([SCRIPTS / "docs.sh", out], timeout=300)
+        return out, None
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
+        log(f"scripts/docs.sh failed: nginx will not serve /docs/:\n{str(e)[:2000]}")
+        return None, str(e)
 
 
 def ensure_node_modules():

@@ -275,6 +275,41 @@ static void test_std_refusals(void **state)
     assert_std_refused("Zm9\xff", 4);
 }
 
+/* Padded standard base64 (HTTP Basic): the RFC 4648 §10 vectors, and every
+ * length round-trips through the strict decoder. */
+static void test_std_encode(void **state)
+{
+    static const char *const vec[][2] = {{"", ""},         {"f", "Zg=="},
+                                         {"fo", "Zm8="},   {"foo", "Zm9v"},
+                                         {"foob", "Zm9vYg=="}, {"fooba", "Zm9vYmE="},
+                                         {"foobar", "Zm9vYmFy"}};
+    char out[M2M_B64_LEN(48) + 1];
+    uint8_t back[64], raw[48];
+    size_t len, blen, i;
+    (void)state;
+
+    for (i = 0; i < sizeof(vec) / sizeof(vec[0]); i++) {
+        assert_int_equal(m2m_b64_encode((const uint8_t *)vec[i][0], strlen(vec[i][0]), out,
+                                        sizeof(out), &len),
+                         M2M_OK);
+        assert_string_equal(out, vec[i][1]);
+        assert_int_equal(len, strlen(vec[i][1]));
+    }
+    for (i = 0; i < sizeof(raw); i++)
+        raw[i] = (uint8_t)(0xFB - i * 7); /* hits '+' and '/' */
+    for (i = 0; i <= sizeof(raw); i++) {
+        assert_int_equal(m2m_b64_encode(raw, i, out, sizeof(out), &len), M2M_OK);
+        assert_int_equal(len, M2M_B64_LEN(i));
+        assert_int_equal(m2m_b64_decode(out, len, back, sizeof(back), &blen), M2M_OK);
+        assert_int_equal(blen, i);
+        assert_memory_equal(back, raw, i);
+    }
+    /* exactly enough room, then one byte short */
+    assert_int_equal(m2m_b64_encode((const uint8_t *)"foob", 4, out, 9, &len), M2M_OK);
+    assert_int_equal(m2m_b64_encode((const uint8_t *)"foob", 4, out, 8, &len),
+                     M2M_ERR_PAYLOAD_TOO_LARGE);
+}
+
 static void test_rand_token(void **state)
 {
     char a[M2M_B64URL_LEN(100) + 1], b[M2M_B64URL_LEN(100) + 1];
@@ -309,7 +344,7 @@ int main(void)
         cmocka_unit_test(test_rfc4648_vectors), cmocka_unit_test(test_alphabets),
         cmocka_unit_test(test_round_trips),     cmocka_unit_test(test_canonical_exhaustive),
         cmocka_unit_test(test_url_refusals),    cmocka_unit_test(test_std_refusals),
-        cmocka_unit_test(test_rand_token),
+        cmocka_unit_test(test_rand_token),      cmocka_unit_test(test_std_encode),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -323,6 +323,34 @@ static void test_pct_decode(void **state)
     }
 }
 
+/* The encoder's output decodes back to the input, and only the unreserved
+ * characters stay as they are. */
+static void test_pct_encode(void **state)
+{
+    static const char mixed[] = "a Z-._*~:/%+&=\xc3\xa9";
+    m2m_buf b;
+    char *back = NULL, all[255];
+    size_t blen, i;
+    (void)state;
+
+    m2m_buf_init(&b, 4096);
+    assert_int_equal(m2m_pct_encode(&b, mixed, sizeof(mixed) - 1), M2M_OK);
+    assert_string_equal(b.data, "a+Z-._*%7E%3A%2F%25%2B%26%3D%C3%A9");
+    for (i = 0; i < sizeof(all); i++)
+        all[i] = (char)(i + 1); /* every byte but NUL */
+    m2m_buf_reset(&b);
+    assert_int_equal(m2m_pct_encode(&b, all, sizeof(all)), M2M_OK);
+    assert_int_equal(m2m_pct_decode(b.data, b.len, 1, &back, &blen), M2M_OK);
+    assert_int_equal(blen, sizeof(all));
+    assert_memory_equal(back, all, sizeof(all));
+    free(back);
+    m2m_buf_free(&b);
+    /* the cap holds */
+    m2m_buf_init(&b, 8);
+    assert_int_equal(m2m_pct_encode(&b, "\x01\x02\x03", 3), M2M_ERR_PAYLOAD_TOO_LARGE);
+    m2m_buf_free(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -342,6 +370,7 @@ int main(void)
         cmocka_unit_test(test_free_zeroed_and_partial),
         cmocka_unit_test(test_get_on_null_form),
         cmocka_unit_test(test_pct_decode),
+        cmocka_unit_test(test_pct_encode),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
