@@ -14,6 +14,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "m2m/log.h"
+
 #define HTTPC_DEFAULT_TIMEOUT_MS 5000L
 #define HTTPC_MAX_CONNECT_MS     2000L
 #define HTTPC_DEFAULT_MAX        ((size_t)1 << 20)
@@ -135,7 +137,8 @@ m2m_err m2m_httpc_do(const m2m_httpc_req *req, m2m_httpc_resp *resp)
     long timeout, connect_timeout;
     size_t max;
     char *ctype = NULL;
-    bool caller_expect = false;
+    bool caller_expect = false, caller_rid = false;
+    const char *rid;
     sink s;
 
     max = req && req->max_response ? req->max_response : HTTPC_DEFAULT_MAX;
@@ -162,6 +165,8 @@ m2m_err m2m_httpc_do(const m2m_httpc_req *req, m2m_httpc_resp *resp)
         for (const char *const *p = req->headers; *p; p++) {
             if (strncasecmp(*p, "Expect:", 7) == 0)
                 caller_expect = true;
+            if (strncasecmp(*p, "X-Request-Id:", 13) == 0)
+                caller_rid = true;
             tmp = curl_slist_append(hdrs, *p);
             if (!tmp) {
                 rc = M2M_ERR_NOMEM;
@@ -169,6 +174,17 @@ m2m_err m2m_httpc_do(const m2m_httpc_req *req, m2m_httpc_resp *resp)
             }
             hdrs = tmp;
         }
+    }
+    rid = m2m_log_request_id();
+    if (rid && !caller_rid) {
+        char line[96];
+        snprintf(line, sizeof(line), "X-Request-Id: %s", rid);
+        tmp = curl_slist_append(hdrs, line);
+        if (!tmp) {
+            rc = M2M_ERR_NOMEM;
+            goto out;
+        }
+        hdrs = tmp;
     }
     if (req->body && !caller_expect) {
         /* No "Expect: 100-continue" round trip before a large body: our

@@ -46,6 +46,11 @@ void m2m_log_set_request_id(const char *rid)
     snprintf(log_rid, sizeof(log_rid), "%s", rid);
 }
 
+const char *m2m_log_request_id(void)
+{
+    return log_rid[0] ? log_rid : NULL;
+}
+
 void m2m_log_set_stream(void *file)
 {
     pthread_mutex_lock(&log_lock);

@@ -33,10 +33,8 @@ static m2m_err log_rate(const char *el, size_t n, void *arg)
     json_t *fields = json_pack("{s:s%, s:s%, s:s%}", "symbol", sym + 1, sn - 2, "rate", rate, rn,
                                "last_updated", upd && un >= 2 ? upd + 1 : "",
                                upd && un >= 2 ? un - 2 : (size_t)0);
-    if (fields) {
-        m2m_log_event(M2M_LOG_INFO, "rate", fields);
-        json_decref(fields);
-    }
+    if (fields)
+        m2m_log_event(M2M_LOG_INFO, "rate", fields); /* consumes fields */
     return M2M_OK;
 }
 

@@ -20,6 +20,7 @@
 #include <microhttpd.h>
 
 #include "m2m/httpc.h"
+#include "m2m/log.h"
 
 #define UPLOAD_MAX (4u << 20)
 
@@ -100,6 +101,14 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         return MHD_YES;
     }
 
+    if (strcmp(url, "/rid") == 0) { /* echoes X-Request-Id */
+        const char *rid = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Request-Id");
+        const char *text = rid ? rid : "-";
+        r = MHD_create_response_from_buffer(strlen(text), (void *)text, MHD_RESPMEM_MUST_COPY);
+        ret = MHD_queue_response(c, MHD_HTTP_OK, r);
+        MHD_destroy_response(r);
+        return ret;
+    }
     if (strcmp(url, "/echo") == 0) {
         const char *xt = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Test");
         m2m_buf out;
@@ -284,6 +293,34 @@ static void test_headers_sent(void **state)
     assert_int_equal(m2m_httpc_do(&req, &resp), M2M_OK);
     assert_string_equal(resp.body.data, "GET|hello there|");
     m2m_httpc_resp_free(&resp);
+}
+
+/* The calling thread's request id travels with its outgoing calls, unless
+ * the caller sets one itself; without one, none is sent. */
+static void test_request_id_forwarded(void **state)
+{
+    char url[128];
+    const char *const own[] = {"x-request-id: mine", NULL};
+    m2m_httpc_req req = {0};
+    m2m_httpc_resp resp;
+
+    (void)state;
+    url_for(url, sizeof(url), "/rid");
+    req.url = url;
+    assert_int_equal(m2m_httpc_do(&req, &resp), M2M_OK);
+    assert_string_equal(resp.body.data, "-");
+    m2m_httpc_resp_free(&resp);
+
+    m2m_log_set_request_id("abc-123");
+    assert_int_equal(m2m_httpc_do(&req, &resp), M2M_OK);
+    assert_string_equal(resp.body.data, "abc-123");
+    m2m_httpc_resp_free(&resp);
+
+    req.headers = own;
+    assert_int_equal(m2m_httpc_do(&req, &resp), M2M_OK);
+    assert_string_equal(resp.body.data, "mine");
+    m2m_httpc_resp_free(&resp);
+    m2m_log_set_request_id(NULL);
 }
 
 static void test_post_echo(void **state)
@@ -651,6 +688,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_get),
         cmocka_unit_test(test_headers_sent),
+        cmocka_unit_test(test_request_id_forwarded),
         cmocka_unit_test(test_post_echo),
         cmocka_unit_test(test_large_post),
         cmocka_unit_test(test_other_methods),

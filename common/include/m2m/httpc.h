@@ -11,7 +11,11 @@
 typedef struct {
     const char *method; /* "GET" when NULL */
     const char *url;
-    const char *const *headers; /* "Name: value", NULL-terminated; may be NULL */
+    const char *const *headers; /* "Name: value", NULL-terminated; may be NULL.
+                                 * X-Request-Id is added from the calling
+                                 * thread's request id (m2m/log.h) unless
+                                 * given here: one id follows a request
+                                 * across the daemons it reaches. */
     const char *body;
     size_t body_len;
     long timeout_ms;     /* whole request; 0 = 5000 */

@@ -16,6 +16,8 @@ void m2m_log_init(const char *service, m2m_log_level min_level);
 int m2m_log_level_parse(const char *s);
 bool m2m_log_enabled(m2m_log_level level);
 void m2m_log_set_request_id(const char *rid);
+/* The calling thread's request id, or NULL when none is set. */
+const char *m2m_log_request_id(void);
 /* Redirect output (tests); NULL restores stdout. */
 void m2m_log_set_stream(void *file);
 
