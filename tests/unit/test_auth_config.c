@@ -11,6 +11,7 @@
 #include <cmocka.h>
 
 #include "auth_config.h"
+#include "readme_table.h"
 
 /* Every test starts and ends with no AUTH_* variable of the table set. */
 static int clean_env(void **state)
@@ -90,48 +91,11 @@ static void documented_defaults(void **state)
     auth_config_free(&c); /* twice is harmless */
 }
 
-/* The README's configuration table is the documentation: every key is in
- * it, with the default the code uses. The README is found from this file's
- * path (tests/unit/ -> ../../README.md). */
+/* The README's configuration table is the documentation (readme_table.h). */
 static void readme_documents_every_key_and_default(void **state)
 {
     (void)state;
-    char path[1024];
-    const char *src = __FILE__;
-    const char *cut = strstr(src, "tests/unit/test_auth_config.c");
-    if (!cut || src[0] != '/')
-        fail_msg("cannot locate README.md from __FILE__ = %s", src);
-    snprintf(path, sizeof(path), "%.*sREADME.md", (int)(cut - src), src);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        fail_msg("cannot open %s", path);
-    static char text[1 << 17];
-    size_t n = fread(text, 1, sizeof(text) - 1, f);
-    fclose(f);
-    text[n] = '\0';
-
-    for (size_t i = 0; i < auth_config_table_len; i++) {
-        const m2m_cfg_entry *e = &auth_config_table[i];
-        char row[128], doc[256];
-        snprintf(row, sizeof(row), "\n| `%s` | ", e->key);
-        const char *p = strstr(text, row);
-        if (!p)
-            fail_msg("README.md has no row for %s", e->key);
-        p += strlen(row);
-        size_t len = strcspn(p, "|\n");
-        while (len && p[len - 1] == ' ')
-            len--;
-        snprintf(doc, sizeof(doc), "%.*s", (int)len, p);
-        if (strcmp(doc, "(empty)") == 0) {
-            if (e->def[0] != '\0')
-                fail_msg("%s: README says (empty), code default is \"%s\"", e->key, e->def);
-            continue;
-        }
-        len = strlen(doc);
-        if (len < 2 || doc[0] != '`' || doc[len - 1] != '`' || strlen(e->def) != len - 2 ||
-            strncmp(doc + 1, e->def, len - 2) != 0)
-            fail_msg("%s: README default %s, code default \"%s\"", e->key, doc, e->def);
-    }
+    assert_readme_documents(auth_config_table, auth_config_table_len);
 }
 
 static void empty_variable_means_default(void **state)
