@@ -11,7 +11,7 @@ packages=(
     libmicrohttpd-dev libjansson-dev libjwt-dev libpq-dev libssl-dev
     libcurl4-openssl-dev libcmocka-dev
     postgresql postgresql-client nginx supervisor
-    wrk curl python3 openssl ca-certificates
+    wrk curl jq python3 openssl ca-certificates
 )
 # Node.js is only needed for front-end tooling; any node on PATH will do.
 if ! command -v node >/dev/null 2>&1; then

@@ -1,6 +1,7 @@
 #include "settings.h"
 
 #include <ctype.h>
+#include <stdbool.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -157,17 +158,26 @@ out:
     return rc;
 }
 
+/* mkdir -p of the state file's directory; directories it creates are 0700. */
 static m2m_err make_parent(const char *path, char *errbuf, size_t errlen)
 {
-    char copy[4096], *dir;
+    char copy[4096], dir[4096];
     if (snprintf(copy, sizeof(copy), "%s", path) >= (int)sizeof(copy))
         return M2M_ERR_CONFIG;
-    dir = dirname(copy);
-    if (mkdir(dir, 0700) && errno != EEXIST) {
-        m2m_errbuf_set(errbuf, errlen, "cannot create %s: %s", dir, strerror(errno));
-        return M2M_ERR_IO;
+    snprintf(dir, sizeof(dir), "%s", dirname(copy)); /* dirname may return static storage */
+    for (char *p = dir + 1;; p++) {
+        bool last = *p == '\0';
+        if (*p != '/' && !last)
+            continue;
+        *p = '\0';
+        if (mkdir(dir, 0700) && errno != EEXIST) {
+            m2m_errbuf_set(errbuf, errlen, "cannot create %s: %s", dir, strerror(errno));
+            return M2M_ERR_IO;
+        }
+        if (last)
+            return M2M_OK;
+        *p = '/';
     }
-    return M2M_OK;
 }
 
 m2m_err agent_settings_save(const char *path, const agent_settings *s, char *errbuf,

@@ -89,7 +89,7 @@ static void test_round_trip(void **state)
     struct stat st;
     (void)state;
 
-    snprintf(path, sizeof(path), "%s/sub/state.json", dir); /* the parent is created */
+    snprintf(path, sizeof(path), "%s/sub/deeper/state.json", dir); /* parents are created */
     snprintf(s.client_id, sizeof(s.client_id), "agent-1");
     snprintf(s.client_secret, sizeof(s.client_secret), "p\"a\\ss w0rd");
     snprintf(s.server_url, sizeof(s.server_url), "http://127.0.0.1:8000");
@@ -99,6 +99,9 @@ static void test_round_trip(void **state)
     assert_int_equal(st.st_mode & 0777, 0600);
     char parent[300];
     snprintf(parent, sizeof(parent), "%s/sub", dir);
+    assert_int_equal(stat(parent, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0700);
+    snprintf(parent, sizeof(parent), "%s/sub/deeper", dir);
     assert_int_equal(stat(parent, &st), 0);
     assert_int_equal(st.st_mode & 0777, 0700);
     char tmp[310];
