@@ -140,6 +140,7 @@ m2m stack is up. Logs: $VAR/log/   Database: $conninfo
   API:       http://localhost:8000/api/auth/...   (register, token, jwks.json, health)
              http://localhost:8000/api/currency/  (rates: GET /, /{SYM}, /{SYM}/history, /stream; PUT /{SYM})
   Metadata:  http://localhost:8000/.well-known/oauth-authorization-server
+  Docs:      http://localhost:8000/docs/   (Swagger UI: auth-service, crypto-server, crypto-client)
   Agent:     http://localhost:8001/api/...   (configure, register, login, status, currencies)
   Metrics:   http://127.0.0.1:$AUTH_METRICS_PORT/metrics, http://127.0.0.1:$CURRENCY_METRICS_PORT/metrics, http://127.0.0.1:$AGENT_METRICS_PORT/metrics   (internal, not proxied)
 
@@ -198,9 +199,16 @@ prepare() {
     # Word splitting is intended: M2M_NGINX_ARGS is a list of options.
     # shellcheck disable=SC2206
     [[ -n "${M2M_NGINX_ARGS:-}" ]] && nginx_args=(${M2M_NGINX_ARGS})
+    local -a static_args=()
+    if "$ROOT/scripts/docs.sh" "$VAR/www"; then
+        static_args=(--static "$VAR/www")
+    else
+        m2m_warn "no /docs/: scripts/docs.sh failed (the npm registry is needed once)"
+    fi
     "$ROOT/scripts/nginx-conf.sh" "$VAR/nginx" --listen "$LISTEN" \
         --auth "127.0.0.1:$AUTH_PORT" --currency "127.0.0.1:$CURRENCY_PORT" \
-        --agent-listen "$AGENT_LISTEN" --agent "127.0.0.1:$AGENT_PORT" "${nginx_args[@]}"
+        --agent-listen "$AGENT_LISTEN" --agent "127.0.0.1:$AGENT_PORT" \
+        "${static_args[@]}" "${nginx_args[@]}"
     m2m_render "$ROOT/scripts/supervisord.conf.template" "$CONF" \
         ROOT="$ROOT" VAR="$VAR" AUTH_BIN="$AUTH_BIN" \
         AUTH_DATABASE_URL="${CONNINFO//%/%%}" \

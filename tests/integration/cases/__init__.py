@@ -12,7 +12,8 @@ run).
 import unittest
 
 from . import (cache, cli_tokens, currency_api, currency_lifecycle, currency_tokens, discovery,
-               hostile, hygiene, lifecycle, registration, seed_e2e, token_endpoint)
+               hostile, hygiene, lifecycle, openapi_docs, quick_test, registration, seed_e2e,
+               token_endpoint)
 
 ORDER = [
     lifecycle.FirstStart,
@@ -37,6 +38,14 @@ ORDER = [
     currency_api.CurrencyHistory,
     currency_api.CurrencyStream,
     currency_api.CurrencyMetrics,
+    # OpenAPI documents: lint, route tables, /docs/ through nginx
+    openapi_docs.OpenApiLint,
+    openapi_docs.OpenApiMatchesRoutes,
+    openapi_docs.OpenApiRoutesServed,
+    openapi_docs.DocsThroughNginx,
+    # scripts/quick-test.sh through both nginx listeners (reconfigures the main agent)
+    quick_test.QuickTest,
+    quick_test.Demo,
     lifecycle.DefaultKdfAndTtl,
     lifecycle.Restart,
     lifecycle.DatabaseDown,
