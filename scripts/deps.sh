@@ -12,6 +12,7 @@ packages=(
     libcurl4-openssl-dev libcmocka-dev
     postgresql postgresql-client nginx supervisor
     wrk curl jq python3 openssl ca-certificates
+    docker-compose systemd
 )
 # Node.js is only needed for front-end tooling; any node on PATH will do.
 if ! command -v node >/dev/null 2>&1; then

@@ -24,6 +24,8 @@ PGPORT="${PGPORT_LOCAL:-5433}"
 CONF="$VAR/supervisord.conf"
 PIDFILE="$VAR/run/supervisord.pid"
 LISTEN=127.0.0.1:8000
+TLS_LISTEN=127.0.0.1:8443
+TLS_DIR="$VAR/tls"
 AUTH_PORT=9001
 AUTH_METRICS_PORT=9101
 CURRENCY_PORT=9002
@@ -39,6 +41,7 @@ AUTH_BIN="${M2M_AUTH_BIN:-$ROOT/build/auth-service/auth-service}"
 CURRENCY_BIN="${M2M_CURRENCY_BIN:-$ROOT/build/crypto-server/crypto-server}"
 AGENT_BIN="${M2M_AGENT_BIN:-$ROOT/build/crypto-client/crypto-client}"
 HEALTH_URL="http://127.0.0.1:${LISTEN##*:}/api/auth/health"
+TLS_HEALTH_URL="https://localhost:${TLS_LISTEN##*:}/api/auth/health"
 CURRENCY_HEALTH_URL="http://127.0.0.1:${LISTEN##*:}/api/currency/health"
 AGENT_HEALTH_URL="http://127.0.0.1:${AGENT_LISTEN##*:}/api/health"
 HEALTH_TIMEOUT=60
@@ -101,7 +104,8 @@ wait_healthy() {
     while ((SECONDS < deadline)); do
         if curl -fsS -m 2 -o /dev/null "$HEALTH_URL" 2>/dev/null &&
             curl -fsS -m 2 -o /dev/null "$CURRENCY_HEALTH_URL" 2>/dev/null &&
-            curl -fsS -m 2 -o /dev/null "$AGENT_HEALTH_URL" 2>/dev/null; then
+            curl -fsS -m 2 -o /dev/null "$AGENT_HEALTH_URL" 2>/dev/null &&
+            curl -fsS -m 2 --cacert "$TLS_DIR/cert.pem" -o /dev/null "$TLS_HEALTH_URL" 2>/dev/null; then
             return 0
         fi
         kill -0 "$sup_pid" 2>/dev/null || {
@@ -140,6 +144,7 @@ m2m stack is up. Logs: $VAR/log/   Database: $conninfo
   API:       http://localhost:8000/api/auth/...   (register, token, jwks.json, health)
              http://localhost:8000/api/currency/  (rates: GET /, /{SYM}, /{SYM}/history, /stream; PUT /{SYM})
   Metadata:  http://localhost:8000/.well-known/oauth-authorization-server
+  TLS:       https://localhost:8443/...   (the same routes; trust $TLS_DIR/cert.pem, e.g. curl --cacert)
   Docs:      http://localhost:8000/docs/   (Swagger UI: auth-service, crypto-server, crypto-client)
   Agent:     http://localhost:8001/api/...   (configure, register, login, status, currencies)
   Metrics:   http://127.0.0.1:$AUTH_METRICS_PORT/metrics, http://127.0.0.1:$CURRENCY_METRICS_PORT/metrics, http://127.0.0.1:$AGENT_METRICS_PORT/metrics   (internal, not proxied)
@@ -208,6 +213,7 @@ prepare() {
     "$ROOT/scripts/nginx-conf.sh" "$VAR/nginx" --listen "$LISTEN" \
         --auth "127.0.0.1:$AUTH_PORT" --currency "127.0.0.1:$CURRENCY_PORT" \
         --agent-listen "$AGENT_LISTEN" --agent "127.0.0.1:$AGENT_PORT" \
+        --tls-listen "$TLS_LISTEN" --tls-dir "$TLS_DIR" \
         "${static_args[@]}" "${nginx_args[@]}"
     m2m_render "$ROOT/scripts/supervisord.conf.template" "$CONF" \
         ROOT="$ROOT" VAR="$VAR" AUTH_BIN="$AUTH_BIN" \

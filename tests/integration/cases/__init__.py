@@ -11,9 +11,9 @@ run).
 
 import unittest
 
-from . import (cache, cli_tokens, currency_api, currency_lifecycle, currency_tokens, discovery,
-               hostile, hygiene, lifecycle, openapi_docs, quick_test, registration, seed_e2e,
-               token_endpoint)
+from . import (cache, cli_tokens, compose_static, currency_api, currency_lifecycle,
+               currency_tokens, discovery, edge_nginx, hostile, hygiene, lifecycle, openapi_docs,
+               quick_test, registration, seed_e2e, token_endpoint)
 
 ORDER = [
     lifecycle.FirstStart,
@@ -30,6 +30,18 @@ ORDER = [
     cache.CacheCorrectness,
     hostile.HostileInput,
     hostile.HostileThroughNginx,
+    # the edge: nginx's TLS listener, headers, limits, JSON errors, access log
+    edge_nginx.EdgeTls,
+    edge_nginx.EdgeHeaders,
+    edge_nginx.EdgeErrors,
+    edge_nginx.EdgeStaticAndLog,
+    edge_nginx.EdgeConfigScript,
+    # the package: docker compose, Dockerfiles, systemd units (static checks)
+    compose_static.ComposeStatic,
+    compose_static.DockerfilesStatic,
+    compose_static.ComposeNginx,
+    compose_static.ComposeBootstrap,
+    compose_static.SystemdUnits,
     # crypto-server (issue 3)
     currency_api.CurrencySeedFlow,
     currency_api.CurrencyBearerErrors,
