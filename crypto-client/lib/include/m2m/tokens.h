@@ -4,7 +4,11 @@
  *
  * - A token is handed out only before its renewal time: the earlier of
  *   `renew_percent` of its lifetime and `renew_skew_s` seconds before it
- *   expires. After that every caller waits for the renewal.
+ *   expires - except that the skew is ignored when it would leave less than
+ *   half the lifetime (a 5 s token and a 30 s skew renew at 80%, not at
+ *   once). After that every caller waits for the renewal.
+ * - Without expires_in in the reply, the lifetime is the JWT's exp (read,
+ *   not verified: only for scheduling), else 60 s.
  * - Single flight: however many threads ask at once, one token request is in
  *   flight; the others wait for its result.
  * - Network errors, 429 and 5xx from the token endpoint back off
@@ -33,9 +37,10 @@
 
 typedef struct {
     /* Where tokens come from: token_url, or (when it is NULL or "") the
-     * issuer, whose RFC 8414 metadata at
-     * <issuer>/.well-known/oauth-authorization-server names the token
-     * endpoint (its "issuer" member must equal this one). */
+     * issuer, whose RFC 8414 metadata names the token endpoint: fetched from
+     * /.well-known/oauth-authorization-server inserted between the issuer's
+     * host and path (RFC 8414 §3.1), its "issuer" member must equal this one
+     * exactly (§3.3). */
     const char *token_url;
     const char *issuer;
     const char *client_id;
