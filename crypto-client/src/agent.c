@@ -61,6 +61,7 @@ m2m_err agent_init(agent_ctx *a, const agent_config *cfg, char *errbuf, size_t e
     memset(a, 0, sizeof(*a));
     a->cfg = cfg;
     pthread_mutex_init(&a->mu, NULL);
+    pthread_mutex_init(&a->save_mu, NULL);
     a->metrics = m2m_metrics_new("agent");
     a->cache = agent_cache_new();
     if (!a->metrics || !a->cache)
@@ -123,24 +124,34 @@ void agent_free(agent_ctx *a)
     m2m_metrics_free(a->metrics);
     agent_settings_wipe(&a->settings);
     pthread_mutex_destroy(&a->mu);
+    pthread_mutex_destroy(&a->save_mu);
     memset(a, 0, sizeof(*a));
+}
+
+/* Saves, then swaps in, new settings. Writers are serialised by save_mu, so
+ * the file and the memory agree; a->mu is held only for the swap, so status
+ * readers on event threads never wait for an fsync. */
+static m2m_err settings_replace(agent_ctx *a, const agent_settings *s, char *errbuf,
+                                size_t errlen)
+{
+    m2m_err rc = agent_settings_save(a->cfg->state_file, s, errbuf, errlen);
+    if (rc)
+        return rc;
+    pthread_mutex_lock(&a->mu);
+    agent_settings_wipe(&a->settings);
+    a->settings = *s;
+    rc = apply_settings(a);
+    pthread_mutex_unlock(&a->mu);
+    if (rc)
+        m2m_errbuf_set(errbuf, errlen, "cannot set up the token manager: %s", m2m_err_text(rc));
+    return rc;
 }
 
 m2m_err agent_configure(agent_ctx *a, const agent_settings *s, char *errbuf, size_t errlen)
 {
-    m2m_err rc;
-
-    pthread_mutex_lock(&a->mu);
-    rc = agent_settings_save(a->cfg->state_file, s, errbuf, errlen);
-    if (!rc) {
-        agent_settings_wipe(&a->settings);
-        a->settings = *s;
-        rc = apply_settings(a);
-        if (rc)
-            m2m_errbuf_set(errbuf, errlen, "cannot set up the token manager: %s",
-                           m2m_err_text(rc));
-    }
-    pthread_mutex_unlock(&a->mu);
+    pthread_mutex_lock(&a->save_mu);
+    m2m_err rc = settings_replace(a, s, errbuf, errlen);
+    pthread_mutex_unlock(&a->save_mu);
     if (!rc) {
         M2M_INFO("configured", "client %s at %s", s->client_id, s->server_url);
         fetcher_kick(a->fetch);
@@ -255,26 +266,22 @@ agent_outcome agent_register(agent_ctx *a, json_t **reply)
             goto out;
         }
         char errbuf[256];
-        pthread_mutex_lock(&a->mu);
-        /* only if nobody reconfigured meanwhile */
+        m2m_err rc = M2M_OK;
+        pthread_mutex_lock(&a->save_mu);
+        /* only if nobody reconfigured meanwhile (writers hold save_mu) */
         if (strcmp(a->settings.client_id, s.client_id) == 0 && !*a->settings.client_secret) {
             agent_settings next = a->settings;
             snprintf(next.client_secret, sizeof(next.client_secret), "%s", generated);
-            m2m_err rc = agent_settings_save(a->cfg->state_file, &next, errbuf, sizeof(errbuf));
-            if (!rc) {
-                a->settings = next;
-                rc = apply_settings(a);
-            }
+            rc = settings_replace(a, &next, errbuf, sizeof(errbuf));
             agent_settings_wipe(&next);
-            if (rc) {
-                pthread_mutex_unlock(&a->mu);
-                M2M_ERROR("state_write_failed", "%s", errbuf);
-                o = outcome(M2M_ERR_IO, "registered, but the generated secret could not be "
-                                        "saved: %s", errbuf);
-                goto out;
-            }
         }
-        pthread_mutex_unlock(&a->mu);
+        pthread_mutex_unlock(&a->save_mu);
+        if (rc) {
+            M2M_ERROR("state_write_failed", "%s", errbuf);
+            o = outcome(M2M_ERR_IO, "registered, but the generated secret could not be saved: %s",
+                        errbuf);
+            goto out;
+        }
     } else {
         pthread_mutex_lock(&a->mu); /* a refused state from before the registration ends */
         apply_settings(a);

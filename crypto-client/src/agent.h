@@ -24,7 +24,8 @@ struct agent_ctx {
     agent_cache *cache;
     fetcher *fetch;
 
-    pthread_mutex_t mu; /* settings, tokens, upstream_ok */
+    pthread_mutex_t save_mu; /* held by whoever changes the settings (file, then memory) */
+    pthread_mutex_t mu;      /* settings, tokens, upstream_ok: short holds only */
     agent_settings settings;
     m2m_tokens *tokens; /* NULL until a client id and secret are known */
     bool upstream_ok;   /* the last call to the crypto-server succeeded */

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "agent.h"
+#include "fetcher.h"
 #include "handlers.h"
 #include "m2m/daemon.h"
 #include "m2m/log.h"
@@ -22,6 +23,14 @@ static const m2m_route internal_routes[] = {
     {"GET", "/metrics", agent_handle_metrics, 0},
     {"GET", "/health", agent_handle_health, 0},
 };
+
+/* The fetcher stops first: no calls on behalf of nobody while draining. */
+static void before_stop(void *arg)
+{
+    agent_ctx *a = arg;
+    fetcher_stop(a->fetch);
+    a->fetch = NULL;
+}
 
 int agent_serve(const agent_config *cfg)
 {
@@ -52,9 +61,12 @@ int agent_serve(const agent_config *cfg)
         .ninternal = sizeof(internal_routes) / sizeof(internal_routes[0]),
         .internal_addr = cfg->metrics_addr,
         .internal_port = (unsigned)cfg->metrics_port,
+        .before_stop = before_stop,
+        .arg = &a,
     };
     status = m2m_service_run(&svc);
 out:
     agent_free(&a);
+    M2M_INFO("stopped", "exit %d", status);
     return status;
 }
