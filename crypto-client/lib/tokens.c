@@ -82,6 +82,7 @@ struct m2m_tokens {
     time_t last_error_at;
 
     uint64_t token_requests, token_failures, api_calls, api_retries;
+    uint64_t refused_fresh; /* hash of a token refused on a retry (0: none) */
 
     bool background, thread_started, stopping;
     pthread_t thread;
@@ -527,6 +528,15 @@ static m2m_err fetch_locked(m2m_tokens *t)
     return rc;
 }
 
+/* FNV-1a: only to recognise a token again, never to protect one. */
+static uint64_t token_hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    return h;
+}
+
 static void copy_token(const m2m_tokens *t, char *buf, size_t cap, time_t *expires_at, m2m_err *rc)
 {
     size_t n = strlen(t->token);
@@ -640,8 +650,11 @@ m2m_err m2m_tokens_call(m2m_tokens *t, const m2m_httpc_req *req, m2m_httpc_resp 
 
     for (int attempt = 0; attempt < 2; attempt++) {
         rc = m2m_tokens_get(t, token, sizeof(token), NULL);
-        if (rc)
+        if (rc) {
+            if (rc == M2M_ERR_UPSTREAM) /* the token endpoint's failure, not the call's */
+                rc = M2M_ERR_UNAVAILABLE;
             break;
+        }
         snprintf(auth, sizeof(auth), "Authorization: Bearer %s", token);
         pthread_mutex_lock(&t->mu);
         t->api_calls++;
@@ -653,7 +666,19 @@ m2m_err m2m_tokens_call(m2m_tokens *t, const m2m_httpc_req *req, m2m_httpc_resp 
         rc = m2m_httpc_do(&with, resp);
         if (rc || resp->status != 401)
             break;
-        m2m_tokens_invalidate(t, token); /* refused: one more try with a new one */
+        /* Refused. One more try with a new token - unless this token is
+         * itself one that a retry got refused with: then the resource
+         * server refuses our tokens whatever their age, and renewing on
+         * every call would only flood the token endpoint. */
+        uint64_t h = token_hash(token);
+        pthread_mutex_lock(&t->mu);
+        bool known_refused = t->refused_fresh == h;
+        if (attempt == 1)
+            t->refused_fresh = h;
+        pthread_mutex_unlock(&t->mu);
+        if (attempt == 1 || known_refused)
+            break;
+        m2m_tokens_invalidate(t, token);
     }
     OPENSSL_cleanse(token, sizeof(token));
     OPENSSL_cleanse(auth, sizeof(auth));

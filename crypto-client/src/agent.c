@@ -138,9 +138,18 @@ static m2m_err settings_replace(agent_ctx *a, const agent_settings *s, char *err
     if (rc)
         return rc;
     pthread_mutex_lock(&a->mu);
+    /* another client or another suite: what the old one fetched is not
+     * this one's to serve, even as stale data */
+    bool other = strcmp(a->settings.client_id, s->client_id) != 0 ||
+                 strcmp(a->settings.server_url, s->server_url) != 0;
     agent_settings_wipe(&a->settings);
     a->settings = *s;
     rc = apply_settings(a);
+    if (other) {
+        agent_cache_clear(a->cache);
+        a->upstream_ok = false;
+        a->upstream_error[0] = '\0';
+    }
     pthread_mutex_unlock(&a->mu);
     if (rc)
         m2m_errbuf_set(errbuf, errlen, "cannot set up the token manager: %s", m2m_err_text(rc));
@@ -188,8 +197,10 @@ static agent_outcome token_failure(agent_ctx *a, m2m_err rc)
 {
     m2m_tokens_status st;
     m2m_tokens_status_get(a->tokens, &st);
+    /* 409, not 401: the caller's request is fine, the agent's own
+     * configuration is what must change */
     if (rc == M2M_ERR_INVALID_CLIENT)
-        return outcome(M2M_ERR_INVALID_CLIENT,
+        return outcome(M2M_ERR_CREDENTIALS_REFUSED,
                        "the auth-service refused the agent's credentials (%s): POST "
                        "/api/configure with the right secret, or POST /api/register",
                        st.last_error_text);

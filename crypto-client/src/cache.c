@@ -123,6 +123,18 @@ m2m_err agent_cache_get(agent_cache *c, const char *sym, agent_cached *out)
     return rc;
 }
 
+void agent_cache_clear(agent_cache *c)
+{
+    pthread_mutex_lock(&c->mu);
+    free(c->all.json);
+    memset(&c->all, 0, sizeof(c->all));
+    for (size_t i = 0; i < c->n; i++)
+        free(c->one[i].json);
+    memset(c->one, 0, sizeof(c->one));
+    c->n = 0;
+    pthread_mutex_unlock(&c->mu);
+}
+
 time_t agent_cache_last_fetch(agent_cache *c, double *age)
 {
     pthread_mutex_lock(&c->mu);

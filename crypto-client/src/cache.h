@@ -31,6 +31,8 @@ m2m_err agent_cache_put_all(agent_cache *c, const char *json, size_t len);
 m2m_err agent_cache_put_one(agent_cache *c, const char *sym, const char *json, size_t len);
 /* sym NULL: the whole list. M2M_ERR_NOT_FOUND when nothing is kept. */
 m2m_err agent_cache_get(agent_cache *c, const char *sym, agent_cached *out);
+/* Forgets everything (new credentials, another server). */
+void agent_cache_clear(agent_cache *c);
 /* When the whole list was last stored (0: never). */
 time_t agent_cache_last_fetch(agent_cache *c, double *age);
 

@@ -39,8 +39,10 @@ int agent_serve(const agent_config *cfg)
     int status = 1;
 
     m2m_daemon_signals(); /* before the fetcher thread starts */
-    if (agent_init(&a, cfg, err, sizeof(err))) {
+    m2m_err rc = agent_init(&a, cfg, err, sizeof(err));
+    if (rc) {
         M2M_ERROR("startup_failed", "%s", err);
+        status = rc == M2M_ERR_CONFIG ? 2 : 1; /* 2: a configuration error, like main() */
         goto out;
     }
     m2m_service svc = {

@@ -126,6 +126,13 @@ static void test_cache(void **state)
     assert_string_equal(got.json, LIST);
     free(got.json);
 
+    /* clear forgets everything, and the cache works again after */
+    agent_cache_clear(c);
+    assert_int_equal(agent_cache_get(c, NULL, &got), M2M_ERR_NOT_FOUND);
+    assert_int_equal(agent_cache_get(c, "BTC", &got), M2M_ERR_NOT_FOUND);
+    assert_int_equal(agent_cache_last_fetch(c, &age), 0);
+    assert_int_equal(agent_cache_put_all(c, LIST, strlen(LIST)), M2M_OK);
+
     /* the age grows */
     usleep(300 * 1000);
     assert_true(agent_cache_last_fetch(c, &age) > 0);

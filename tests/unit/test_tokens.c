@@ -1183,19 +1183,48 @@ static void test_call(void **state)
     tstatus(t, &s);
     assert_int_equal(s.api_calls, 5);
     assert_int_equal(s.api_retries, 2);
+    /* that fresh token was refused too: later calls with it are not
+     * retried, so the token endpoint sees one request per renewal, not two
+     * per call */
+    for (int i = 0; i < 3; i++) {
+        memset(&resp, 0, sizeof resp);
+        assert_int_equal(m2m_tokens_call(t, &req, &resp), M2M_OK);
+        assert_int_equal(resp.status, 401);
+        m2m_httpc_resp_free(&resp);
+    }
+    assert_int_equal(atomic_load(&g_rs_requests), 8);
+    assert_int_equal(tk_count(), 3);
+    tstatus(t, &s);
+    assert_int_equal(s.api_calls, 8);
+    assert_int_equal(s.api_retries, 2);
+
+    /* the token endpoint out of reach: UNAVAILABLE (the call's own failure
+     * would be UPSTREAM), and the resource is not called */
+    tk_status_set(503, "{\"error\":\"temporarily_unavailable\"}");
+    m2m_tokens_invalidate(t, t2.tok); /* not current: nothing changes */
+    {
+        char cur[TOKBUF];
+        assert_int_equal(tget(t, cur), M2M_OK);
+        m2m_tokens_invalidate(t, cur);
+    }
+    memset(&resp, 0, sizeof resp);
+    assert_int_equal(m2m_tokens_call(t, &req, &resp), M2M_ERR_UNAVAILABLE);
+    m2m_httpc_resp_free(&resp);
+    assert_int_equal(atomic_load(&g_rs_requests), 8);
+    tk_mode_set(TK_OK);
+    assert_int_equal(m2m_tokens_renew(t), M2M_OK); /* clears the backoff */
 
     /* 403 is not a token problem: no retry, no token request */
     rs_mode_set(RS_403);
-    assert_int_equal(m2m_tokens_renew(t), M2M_OK);
-    assert_int_equal(tk_count(), 4);
+    int before = tk_count();
     memset(&resp, 0, sizeof resp);
     assert_int_equal(m2m_tokens_call(t, &req, &resp), M2M_OK);
     assert_int_equal(resp.status, 403);
     m2m_httpc_resp_free(&resp);
-    assert_int_equal(atomic_load(&g_rs_requests), 6);
-    assert_int_equal(tk_count(), 4);
+    assert_int_equal(atomic_load(&g_rs_requests), 9);
+    assert_int_equal(tk_count(), before);
     tstatus(t, &s);
-    assert_int_equal(s.api_calls, 6);
+    assert_int_equal(s.api_calls, 9);
     assert_int_equal(s.api_retries, 2);
 
     /* no token to be had: the error, and the resource is not called */
@@ -1206,7 +1235,7 @@ static void test_call(void **state)
     memset(&resp, 0, sizeof resp);
     assert_int_equal(m2m_tokens_call(t, &req, &resp), M2M_ERR_INVALID_CLIENT);
     m2m_httpc_resp_free(&resp);
-    assert_int_equal(atomic_load(&g_rs_requests), 6);
+    assert_int_equal(atomic_load(&g_rs_requests), 9);
     m2m_tokens_free(t);
     assert_requests_ok();
 }

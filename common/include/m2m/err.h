@@ -23,6 +23,7 @@
     X(METHOD_NOT_ALLOWED, 405, "method_not_allowed", "method not allowed on this route")           \
     X(CONFLICT, 409, "conflict", "the resource already exists")                                    \
     X(NOT_CONFIGURED, 409, "not_configured", "not configured yet")                                 \
+    X(CREDENTIALS_REFUSED, 409, "invalid_client", "the configured client credentials were refused")\
     X(PAYLOAD_TOO_LARGE, 413, "payload_too_large", "request body too large")                      \
     X(UNSUPPORTED_MEDIA_TYPE, 415, "unsupported_media_type", "unsupported Content-Type")          \
     X(RATE_LIMITED, 429, "rate_limited", "too many requests")                                     \

@@ -107,8 +107,13 @@ void m2m_tokens_invalidate(m2m_tokens *t, const char *token);
 
 /* Sends req with "Authorization: Bearer <token>" added to its headers. On a
  * 401 the token is invalidated and the request sent once more with a fresh
- * one. resp is the last reply (any HTTP status is M2M_OK here); free it with
- * m2m_httpc_resp_free() whatever the result. */
+ * one - but a token that was itself refused on such a retry is not renewed
+ * again before its time (the resource server refuses our tokens, whatever
+ * their age). resp is the last reply (any HTTP status is M2M_OK here); free
+ * it with m2m_httpc_resp_free() whatever the result. Errors: those of
+ * m2m_tokens_get(), except that a token endpoint out of reach is
+ * M2M_ERR_UNAVAILABLE; M2M_ERR_UPSTREAM is the call itself failing (network,
+ * timeout, oversized reply). */
 m2m_err m2m_tokens_call(m2m_tokens *t, const m2m_httpc_req *req, m2m_httpc_resp *resp);
 
 void m2m_tokens_status_get(m2m_tokens *t, m2m_tokens_status *out);
