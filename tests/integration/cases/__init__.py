@@ -11,7 +11,7 @@ run).
 
 import unittest
 
-from . import (cache, cli_tokens, compose_static, currency_api, currency_lifecycle,
+from . import (agent_api, cache, cli_tokens, compose_static, currency_api, currency_lifecycle,
                currency_tokens, discovery, edge_nginx, hostile, hygiene, lifecycle, openapi_docs,
                quick_test, registration, seed_e2e, token_endpoint)
 
@@ -50,6 +50,21 @@ ORDER = [
     currency_api.CurrencyHistory,
     currency_api.CurrencyStream,
     currency_api.CurrencyMetrics,
+    # crypto-client, the agent (the minute of 5 s tokens runs in threads from
+    # AgentLifetimeStart to AgentLifetimeResult; AgentUpstreamDown stops the
+    # crypto-server after it)
+    agent_api.AgentSeedFlow,
+    agent_api.AgentSingleFlight,
+    agent_api.AgentLifetimeStart,
+    agent_api.AgentConfigure,
+    agent_api.AgentRegister,
+    agent_api.AgentWrongSecret,
+    agent_api.AgentRetryOn401,
+    agent_api.AgentFetcher,
+    agent_api.AgentEdge,
+    agent_api.AgentLifetimeResult,
+    agent_api.AgentUpstreamDown,
+    agent_api.AgentRestart,
     # OpenAPI documents: lint, route tables, /docs/ through nginx
     openapi_docs.OpenApiLint,
     openapi_docs.OpenApiMatchesRoutes,
@@ -64,11 +79,12 @@ ORDER = [
     currency_tokens.CurrencyKeysAvailability,
     currency_lifecycle.CurrencyTwoInstances,
     currency_lifecycle.CurrencyDatabaseDown,
+    agent_api.AgentHygiene,
     currency_lifecycle.CurrencyHygiene,
     hygiene.Hygiene,
 ]
 
-ALWAYS = (currency_lifecycle.CurrencyHygiene, hygiene.Hygiene)
+ALWAYS = (agent_api.AgentHygiene, currency_lifecycle.CurrencyHygiene, hygiene.Hygiene)
 
 
 def suite(patterns=()):
